@@ -125,11 +125,11 @@ def real_manifest(models: tuple[str, ...] | list[str] = MODELS,
 
 
 def demo_manifest() -> Manifest:
-    """The demo suite's manifest, built on first use and cached (micro with E2LMC_KIT_MICRO)."""
+    """The demo suite's manifest, built on first use and cached under E2LMC_CACHE (the
+    micro suite with E2LMC_KIT_MICRO=1)."""
     from e2lmc.suite.build import build_suite
 
-    root = cache_dir() / "suite"
-    return load_manifest(build_suite(root=root, micro=micro(), progress=False))
+    return load_manifest(build_suite(micro=micro(), progress=False))
 
 
 @dataclass
@@ -146,9 +146,19 @@ class Setup:
     def models(self) -> list[str]:
         return [m.name for m in self.manifest.models]
 
+    def model_names(self, arch: str | None = None, data: str | None = "science") -> list[str]:
+        """Models with these attributes, in manifest order (smallest first)."""
+        return [m.name for m in self.manifest.models
+                if (arch is None or m.arch == arch) and (data is None or m.data == data)]
+
+    @property
+    def default_model(self) -> str:
+        """The smallest deep (arch1) science model: the cheapest one to try things on."""
+        return (self.model_names(arch="arch1") or self.models)[0]
+
     def public(self, model: str | None = None) -> list[Checkpoint]:
         """Public checkpoints of `model` (default: the first model), in training order."""
-        m = self.manifest.model(model) if model else self.manifest.models[0]
+        m = self.manifest.model(model or self.default_model)
         return [c for c in m.checkpoints if c.stage == "public"]
 
     def checkpoint(self, model: str | None = None, index: int = -1) -> Checkpoint:
@@ -168,7 +178,7 @@ def setup(mode: str) -> Setup:
         raise UserError(f"mode {mode!r}; use one of {', '.join(MODES)}")
     if mode == "real":
         return Setup(mode, real_manifest(), device="cuda", dtype="bfloat16", batch_size="auto")
-    return Setup(mode, demo_manifest(), device="cpu", dtype="float32", batch_size=32)
+    return Setup(mode, demo_manifest(), device="cpu", dtype="float32", batch_size=128)
 
 
 def describe(s: Setup) -> str:
@@ -229,6 +239,16 @@ def lm_eval_command(ckpt: Checkpoint, tasks: str | list[str], *, device: str, dt
     return cmd
 
 
+def task_manager(include_path: str | Path | None):
+    """lm-eval's task index: only your folder when you give one (indexing lm-eval's own
+    thousands of task files takes a minute on a small CPU), else lm-eval's tasks."""
+    from lm_eval.tasks import TaskManager
+
+    if include_path is None:
+        return TaskManager()
+    return TaskManager(include_path=str(Path(include_path).resolve()), include_defaults=False)
+
+
 @contextlib.contextmanager
 def _cwd(path: Path | None) -> Iterator[None]:
     """Task folders name local data files relative to themselves; lm-eval resolves them
@@ -247,10 +267,9 @@ def evaluate(ckpt: Checkpoint, tasks: str | list[str], *, device: str, dtype: st
              num_fewshot: int | None = None, limit: int | None = None) -> dict[str, Any]:
     """Run lm-eval on one checkpoint, in this process; returns lm-eval's results dict."""
     import lm_eval
-    from lm_eval.tasks import TaskManager
 
     include = Path(include_path).resolve() if include_path else None
-    tm = TaskManager(include_path=str(include) if include else None)
+    tm = task_manager(include)
     with _cwd(include):
         return lm_eval.simple_evaluate(
             model="hf", model_args=model_args(ckpt, dtype),
@@ -273,11 +292,11 @@ def metric(results: dict[str, Any], task: str, key: str = "acc,none") -> float:
 
 def count_docs(task_dir: str | Path, task_name: str) -> dict[str, int]:
     """Evaluated documents per task (a group counts each of its tasks)."""
-    from lm_eval.tasks import TaskManager, get_task_dict
+    from lm_eval.tasks import get_task_dict
 
     task_dir = Path(task_dir).resolve()
     with _cwd(task_dir):
-        tasks = get_task_dict([task_name], TaskManager(include_path=str(task_dir)))
+        tasks = get_task_dict([task_name], task_manager(task_dir))
         counts: dict[str, int] = {}
 
         def walk(d: dict) -> None:
@@ -304,14 +323,14 @@ def check_size(counts: dict[str, int]) -> str:
 
 def render_items(task_dir: str | Path, task_name: str, limit: int | None = None) -> list:
     """The items as the judge sees them (prompt without shots, choices, gold answer)."""
-    from lm_eval.tasks import TaskManager, get_task_dict
+    from lm_eval.tasks import get_task_dict
 
     from e2lmc.results import Item
 
     task_dir = Path(task_dir).resolve()
     items: list[Item] = []
     with _cwd(task_dir):
-        tasks = get_task_dict([task_name], TaskManager(include_path=str(task_dir)))
+        tasks = get_task_dict([task_name], task_manager(task_dir))
 
         def walk(d: dict) -> None:
             for v in d.values():
@@ -330,6 +349,122 @@ def render_items(task_dir: str | Path, task_name: str, limit: int | None = None)
 
         walk(tasks)
     return items
+
+
+# --------------------------------------------------------------------------- your task
+
+MY_TASK = "my_science_cloze"
+MY_TASK_YAML = """\
+# A benchmark in lm-eval's task format: cloze-style multiple choice over local JSONL data.
+task: my_science_cloze
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: data/test.jsonl          # relative to this folder
+test_split: test
+output_type: multiple_choice
+process_docs: !function utils.process_docs
+doc_to_text: "Question: {{question}}\\nAnswer:"
+doc_to_choice: choices
+doc_to_target: label
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+"""
+MY_TASK_UTILS = '''\
+"""Turns raw rows {question, answer, distractors} into lm-eval documents."""
+
+import hashlib
+
+
+def _order(question, options):
+    # A fixed, content-based order, so the gold answer is not always in the same place.
+    return sorted(options, key=lambda o: hashlib.sha256((question + o).encode()).hexdigest())
+
+
+def process_docs(dataset):
+    def to_doc(row):
+        choices = _order(row["question"], [row["answer"], *row["distractors"]])
+        return {"question": row["question"], "choices": choices,
+                "label": choices.index(row["answer"])}
+
+    return dataset.map(to_doc, remove_columns=dataset.column_names)
+'''
+
+# (atomic number, symbol, name): facts that real models pick up early in training.
+ELEMENTS = (
+    (1, "H", "hydrogen"), (2, "He", "helium"), (3, "Li", "lithium"), (4, "Be", "beryllium"),
+    (5, "B", "boron"), (6, "C", "carbon"), (7, "N", "nitrogen"), (8, "O", "oxygen"),
+    (9, "F", "fluorine"), (10, "Ne", "neon"), (11, "Na", "sodium"), (12, "Mg", "magnesium"),
+    (13, "Al", "aluminium"), (14, "Si", "silicon"), (15, "P", "phosphorus"),
+    (16, "S", "sulfur"), (17, "Cl", "chlorine"), (18, "Ar", "argon"), (19, "K", "potassium"),
+    (20, "Ca", "calcium"), (21, "Sc", "scandium"), (22, "Ti", "titanium"),
+    (23, "V", "vanadium"), (24, "Cr", "chromium"), (25, "Mn", "manganese"), (26, "Fe", "iron"),
+    (27, "Co", "cobalt"), (28, "Ni", "nickel"), (29, "Cu", "copper"), (30, "Zn", "zinc"),
+    (31, "Ga", "gallium"), (32, "Ge", "germanium"), (33, "As", "arsenic"),
+    (34, "Se", "selenium"), (35, "Br", "bromine"), (36, "Kr", "krypton"),
+    (37, "Rb", "rubidium"), (38, "Sr", "strontium"), (39, "Y", "yttrium"),
+    (40, "Zr", "zirconium"), (41, "Nb", "niobium"), (42, "Mo", "molybdenum"),
+    (43, "Tc", "technetium"), (44, "Ru", "ruthenium"), (45, "Rh", "rhodium"),
+    (46, "Pd", "palladium"), (47, "Ag", "silver"), (48, "Cd", "cadmium"), (49, "In", "indium"),
+    (50, "Sn", "tin"), (51, "Sb", "antimony"), (52, "Te", "tellurium"), (53, "I", "iodine"),
+    (54, "Xe", "xenon"), (55, "Cs", "caesium"), (56, "Ba", "barium"), (57, "La", "lanthanum"),
+    (74, "W", "tungsten"), (78, "Pt", "platinum"), (79, "Au", "gold"), (80, "Hg", "mercury"),
+    (82, "Pb", "lead"), (86, "Rn", "radon"), (88, "Ra", "radium"), (92, "U", "uranium"),
+)
+
+
+def element_rows(seed: int = 0) -> list[dict[str, Any]]:
+    """Three questions per element: its symbol, the element of a symbol, its number."""
+    import random
+
+    rng = random.Random(seed)
+    symbols = [e[1] for e in ELEMENTS]
+    names = [e[2] for e in ELEMENTS]
+    rows = []
+    for number, symbol, name in ELEMENTS:
+        near = sorted({max(1, number + d) for d in (-3, -2, -1, 1, 2, 3)} - {number})
+        rows += [
+            {"question": f"What is the chemical symbol of {name}?", "answer": symbol,
+             "distractors": rng.sample([s for s in symbols if s != symbol], 3)},
+            {"question": f"Which element has the chemical symbol {symbol}?", "answer": name,
+             "distractors": rng.sample([n for n in names if n != name], 3)},
+            {"question": f"What is the atomic number of {name}?", "answer": str(number),
+             "distractors": [str(n) for n in rng.sample(near, 3)]},
+        ]
+    return rows
+
+
+def demo_rows(n: int = 150) -> list[dict[str, Any]]:
+    """Questions about the demo suite's science world, in the same raw format."""
+    from e2lmc.suite.examples import example_dir
+
+    rows = []
+    for line in (example_dir("science_cloze") / "test.jsonl").read_text().splitlines()[:n]:
+        d = json.loads(line)
+        gold = d["choices"][d["label"]]
+        rows.append({"question": d["question"], "answer": gold,
+                     "distractors": [c for c in d["choices"] if c != gold]})
+    return rows
+
+
+def write_my_task(out_dir: str | Path, mode: str) -> Path:
+    """The example task folder: YAML + utils.py + data (element facts in real mode, the
+    demo world's facts in demo mode)."""
+    out = Path(out_dir)
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    rows = element_rows() if mode == "real" else demo_rows()
+    (out / f"{MY_TASK}.yaml").write_text(MY_TASK_YAML)
+    (out / "utils.py").write_text(MY_TASK_UTILS)
+    (out / "data" / "test.jsonl").write_text(
+        "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    return out
 
 
 # --------------------------------------------------------------------------- submissions
@@ -462,21 +597,34 @@ def load_curves_json(path: str | Path) -> dict[str, dict[str, list]]:
 # --------------------------------------------------------------------------- local score
 
 
-def local_scoring_config(out_dir: str | Path, judge: str = "off") -> Path:
-    """A scoring.yaml for local runs: the competition's weights and definitions, the
-    judge `off` (notebook 7 runs it separately) and leakage reported, not gated."""
+# The official SQ selection: iterations that are multiples of 4000, at most 206B tokens.
+REAL_SCORING = {"sq": {"models": {"arch": "arch1", "data": "science"},
+                       "checkpoints": {"stage": "public", "iteration_step": 4000,
+                                       "max_tokens_b": 206}}}
+
+
+def local_scoring_config(out_dir: str | Path, manifest: Manifest) -> Path:
+    """A scoring.yaml for a local run: the demo suite's own (it sits beside its manifest)
+    or the competition's SQ selection, with the judge off (notebook 7 runs it) and the
+    leakage check reported rather than gated."""
+    beside = manifest.path.parent / "scoring.yaml" if manifest.path else None
+    if beside is not None and beside.is_file():
+        doc = yaml.safe_load(beside.read_text()) or {}
+    else:
+        doc = json.loads(json.dumps(REAL_SCORING))
+    doc["judge"] = {**(doc.get("judge") or {}), "mode": "off"}
+    doc["leakage"] = {**(doc.get("leakage") or {}), "mode": "report"}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    doc = {"judge": {"mode": judge}, "leakage": {"mode": "report"}}
     (out / "scoring.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     return out
 
 
 def manifest_dir(manifest: Manifest, out_dir: str | Path) -> Path:
     """A folder holding `manifest.yaml`, as `e2lmc ingest --input-data` takes it."""
+    if manifest.path is not None and manifest.path.is_file():
+        return manifest.path.parent
     out = Path(out_dir)
-    if manifest.path is not None and manifest.path.parent == out:
-        return out
     manifest.write(out / "manifest.yaml")
     return out
 
@@ -491,3 +639,83 @@ def captured(fn, *args, **kwargs):
     with contextlib.redirect_stdout(buf):
         res = fn(*args, **kwargs)
     return res, buf.getvalue()
+
+
+# --------------------------------------------------------------------------- offline judge
+
+STAND_IN_WORDS = ("atom", "element", "chemical", "compound", "planet", "star", "orbit",
+                  "organism", "cell", "energy", "molecule", "symbol", "number", "legs",
+                  "moons", "climate", "state of matter", "colour", "color", "group")
+
+
+class StandInJudge:
+    """A loopback, OpenAI-compatible chat endpoint for offline runs of the judge.
+
+    NOT a language model: it accepts an item when the text names a science word from
+    STAND_IN_WORDS and rejects it otherwise, so that the judge's plumbing (sampling,
+    requests, verdict parsing, the alignment fraction) runs without a key or network.
+    Bound to 127.0.0.1 only; it stops when its `with` block ends, or after `lifetime_s`.
+    """
+
+    def __init__(self, lifetime_s: float = 300.0):
+        self.lifetime_s = lifetime_s
+        self.requests = 0
+        self._server = None
+        self._timer = None
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    @staticmethod
+    def verdict(text: str) -> str:
+        low = text.lower()
+        return "Accept" if any(w in low for w in STAND_IN_WORDS) else "Reject"
+
+    def __enter__(self) -> "StandInJudge":
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        judge = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                length = int(self.headers.get("Content-Length") or 0)
+                try:
+                    body = json.loads(self.rfile.read(length) or b"{}")
+                    user = " ".join(str(m.get("content", "")) for m in body.get("messages", [])
+                                    if m.get("role") == "user")
+                except (json.JSONDecodeError, AttributeError):
+                    self.send_error(400)
+                    return
+                judge.requests += 1
+                content = json.dumps({"verdict": judge.verdict(user)})
+                reply = json.dumps({
+                    "id": f"standin-{judge.requests}", "object": "chat.completion",
+                    "created": 0, "model": body.get("model", "stand-in"),
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": content}}],
+                    "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+                }).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._timer = threading.Timer(self.lifetime_s, self._server.shutdown)
+        self._timer.daemon = True
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._timer.cancel()
+        self._server.shutdown()
+        self._server.server_close()
