@@ -152,6 +152,9 @@ def _coerce(hint: Any, value: Any, where: str, path: Path) -> Any:
         if not isinstance(value, list):
             raise UserError(f"{path}: `{where}` must be a list")
         return [_coerce(args[0], v, where, path) for v in value]
+    if hint is str and isinstance(value, bool):
+        # YAML 1.1 reads a bare `off`/`on` as a boolean; `mode: off` means the string
+        return "on" if value else "off"
     try:
         if hint is float and not isinstance(value, bool):
             return float(value)
