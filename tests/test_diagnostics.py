@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from e2lmc.results import Item, ResultRow
+from e2lmc.scoring.curves import Curve, Point, curves_from_results
+from e2lmc.scoring.curves_file import load_curves
 from e2lmc.scoring.diagnostics import (above_chance, chance_level, compute_diagnostics,
-                                       curves_from_public_file, curves_from_rows,
                                        decision_accuracy, detrended_std, is_accuracy_metric,
                                        signal_to_noise)
 
@@ -88,25 +89,35 @@ def test_output_is_json_and_hides_hidden_values():
     assert compute_diagnostics(curves)["above_chance"] is None
 
 
-def test_curves_from_rows_skips_errors():
-    rows = [ResultRow("m", "c1", 1.0, "public", "acc", 0.3),
-            ResultRow("m", "c2", 2.0, "public", "acc", None, status="error", error="boom"),
-            ResultRow("m", "c3", 3.0, "hidden", "acc", 0.5)]
-    t, v, s = curves_from_rows(rows)["m"]
-    assert list(t) == [1.0, 3.0] and list(v) == [0.3, 0.5] and s == ["public", "hidden"]
+def test_accepts_curve_objects_and_skips_failed_points():
+    rows = [ResultRow("m", f"c{i}", float(i), "public", "acc", v)
+            for i, v in enumerate([0.3, 0.31, None, 0.33, 0.34])]
+    rows[2].status = "error"
+    rows += [ResultRow("n", f"c{i}", float(i), "public", "acc", 0.2 + 0.01 * i + 0.001 * (i % 2))
+             for i in range(5)]
+    curves = curves_from_results(rows, {})
+    as_tuples = {m: (c.tokens, c.values, [p.stage for p in c.points]) for m, c in curves.items()}
+    assert compute_diagnostics(curves) == compute_diagnostics(as_tuples)
+    assert signal_to_noise(curves)["signal"] == pytest.approx(0.34 - 0.24)
 
 
-def snr_ranking(doc) -> list[tuple[str, float]]:
-    out = []
-    for bench in doc["metadata"]["metrics"]:
-        d = compute_diagnostics(curves_from_public_file(doc, bench))
-        out.append((bench, d["snr"]["value"]))
+def published(path, bench: str, public_max_tokens_b: float = 206.0) -> dict[str, Curve]:
+    """The published curves; checkpoints past the notebook's 206B play the hidden stage."""
+    return {m: Curve(m, c.attributes, [Point(p.checkpoint, p.tokens_b,
+                                             "public" if p.tokens_b <= public_max_tokens_b
+                                             else "hidden", p.value, p.iteration)
+                                       for p in c.points])
+            for m, c in load_curves(path, bench).items()}
+
+
+def snr_ranking(path) -> list[tuple[str, float]]:
+    benches = json.loads(path.read_text())["metadata"]["metrics"]
+    out = [(b, compute_diagnostics(published(path, b))["snr"]["value"]) for b in benches]
     return sorted(out, key=lambda x: -x[1])
 
 
 def test_real_curves_snr_ordering(public_curves):
-    doc = json.loads(public_curves.read_text())
-    ranking = snr_ranking(doc)
+    ranking = snr_ranking(public_curves)
     assert len(ranking) == 24 and all(math.isfinite(v) and v > 0 for _, v in ranking)
     order = [b for b, _ in ranking]
     print("SNR ranking:", ", ".join(f"{b} {v:.1f}" for b, v in ranking))
@@ -115,5 +126,5 @@ def test_real_curves_snr_ordering(public_curves):
     assert order[0] == "hellaswag"
     assert set(order[-3:]) <= {"anli_r1", "anli_r2", "anli_r3", "bbh"}
     assert order.index("hellaswag") < order.index("mmluvar") < order.index("mmlu")
-    d = compute_diagnostics(curves_from_public_file(doc, "hellaswag"))
+    d = compute_diagnostics(published(public_curves, "hellaswag"))
     assert d["decision_accuracy"]["value"] == 1.0 and d["decision_accuracy"]["pairs"] == 15

@@ -8,8 +8,9 @@
 - Decision accuracy: the share of model pairs ordered at the public horizon as they are at
   the last hidden checkpoint, i.e. whether early results predict the later ranking.
 
-Inputs are plain curves, `{model: (tokens_b, values, stages)}`; outputs are JSON-ready
-aggregates only: nothing here reveals a value at a hidden checkpoint.
+Inputs are curves per model, either `e2lmc.scoring.curves.Curve`s or plain
+`(tokens_b, values, stages)` tuples; outputs are JSON-ready aggregates only: nothing here
+reveals a value at a hidden checkpoint.
 """
 
 from __future__ import annotations
@@ -21,18 +22,22 @@ from typing import Any
 
 import numpy as np
 
-from e2lmc.results import Item, ResultRow, finite_or_none
+from e2lmc.results import Item, finite_or_none
+from e2lmc.scoring.curves import Curve
 
-Curve = tuple[Sequence[float], Sequence[float], Sequence[str]]
-Curves = Mapping[str, Curve]
+CurveLike = Curve | tuple[Sequence[float], Sequence[float], Sequence[str]]
+Curves = Mapping[str, CurveLike]
 
 DEFAULT_WINDOW = 5
 ACCURACY_METRICS = ("acc", "acc_norm", "exact_match", "mcc")
 
 
-def _points(curve: Curve, stage: str) -> tuple[np.ndarray, np.ndarray]:
+def _points(curve: CurveLike, stage: str) -> tuple[np.ndarray, np.ndarray]:
     """(tokens, values) of one stage, finite values only, in training order."""
-    tokens, values, stages = curve
+    if isinstance(curve, Curve):
+        tokens, values, stages = curve.tokens, curve.values, [p.stage for p in curve.points]
+    else:
+        tokens, values, stages = curve
     t = np.asarray(tokens, dtype=float)
     v = np.asarray([np.nan if x is None else x for x in values], dtype=float)
     keep = np.asarray([s == stage for s in stages], dtype=bool) & np.isfinite(v) & np.isfinite(t)
@@ -146,33 +151,3 @@ def compute_diagnostics(curves: Curves, *, chance: float | None = None,
         "above_chance": above_chance(curves, chance) if chance is not None else None,
         "decision_accuracy": decision_accuracy(curves),
     }
-
-
-def curves_from_rows(rows: Iterable[ResultRow]) -> dict[str, Curve]:
-    """Curves from ingestion result rows (errored checkpoints left out)."""
-    acc: dict[str, tuple[list[float], list[float], list[str]]] = {}
-    for r in rows:
-        if r.status != "ok" or r.value is None:
-            continue
-        t, v, s = acc.setdefault(r.model, ([], [], []))
-        t.append(float(r.tokens_b))
-        v.append(float(r.value))
-        s.append(r.stage)
-    return {m: (np.asarray(t), np.asarray(v), s) for m, (t, v, s) in acc.items()}
-
-
-def curves_from_public_file(doc: Mapping[str, Any], benchmark: str, *,
-                            public_max_tokens_b: float = 206.0,
-                            models: Sequence[str] | None = None) -> dict[str, Curve]:
-    """Curves of one benchmark from the organizers' published-curves JSON; checkpoints
-    beyond `public_max_tokens_b` play the hidden stage (the published run's horizon)."""
-    data = doc.get("data", doc)
-    out: dict[str, Curve] = {}
-    for name in models or sorted(data):
-        m = data[name]
-        if benchmark not in m:
-            raise KeyError(f"benchmark {benchmark!r} not in model {name!r}")
-        t = np.asarray(m["gtokens"], dtype=float)
-        stages = ["public" if x <= public_max_tokens_b else "hidden" for x in t]
-        out[name] = (t, np.asarray(m[benchmark], dtype=float), stages)
-    return out
