@@ -234,3 +234,10 @@ def test_cli_judge_without_key_is_a_user_error(tmp_path, monkeypatch, capsys):
     path.write_text(json.dumps(make_items(1)[0].__dict__) + "\n")
     rc = main(["judge", "--items", str(path), "--cache-dir", str(tmp_path / "c")])
     assert rc == 2 and "OPENAI_API_KEY" in capsys.readouterr().err
+
+
+def test_cli_judge_rejects_a_file_that_is_not_items(tmp_path, capsys):
+    path = tmp_path / "results.jsonl"
+    path.write_text('{"model": "m", "value": 0.5}\n')
+    assert main(["judge", "--items", str(path)]) == 2
+    assert "not an items file" in capsys.readouterr().err

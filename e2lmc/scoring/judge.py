@@ -417,7 +417,11 @@ def cli_judge(args: Any) -> int:
         raise UserError(f"{path}: items file not found; pass the items.jsonl of an "
                         "ingestion output (or its folder)")
     names = set(Item.__dataclass_fields__)
-    items = [Item(**{k: v for k, v in d.items() if k in names}) for d in iter_jsonl(path)]
+    try:
+        items = [Item(**{k: v for k, v in d.items() if k in names}) for d in iter_jsonl(path)]
+    except (TypeError, AttributeError):
+        raise UserError(f"{path}: not an items file (each line needs task, doc_id, prompt "
+                        "and gold); pass the items.jsonl of an ingestion output") from None
     if not items:
         raise UserError(f"{path}: no items; run the ingestion first")
     env = next((e for e in CLI_KEY_ENVS if os.environ.get(e, "").strip()), CLI_KEY_ENVS[0])
