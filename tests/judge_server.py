@@ -20,7 +20,8 @@ MARKER = "PHOTOSYNTHESIS"
 class JudgeServer:
     """Start with `with JudgeServer(...) as srv:`; the client base URL is `srv.base_url`.
 
-    faults: consumed one per request, in order: an int status code (500, 429, ...),
+    faults: consumed one per request, in order: an int status code (500, 429, ...), a
+    (status, seconds) pair sent with a Retry-After header,
     "stall" (sleep `stall_s`, longer than the client timeout, then answer) or "echo401"
     (401 quoting the Authorization header back). fail_always: that fault on every request.
     reply: "json" (honour response_format), "text" ("Verdict: Accept" prose),
@@ -106,10 +107,13 @@ class JudgeServer:
             def log_message(self, *args: Any) -> None:  # keep test output quiet
                 pass
 
-            def _send(self, status: int, doc: dict[str, Any]) -> None:
+            def _send(self, status: int, doc: dict[str, Any],
+                      headers: dict[str, str] | None = None) -> None:
                 data = json.dumps(doc).encode()
                 try:
                     self.send_response(status)
+                    for k, v in (headers or {}).items():
+                        self.send_header(k, v)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
@@ -133,6 +137,10 @@ class JudgeServer:
                     auth = self.headers.get("Authorization", "")
                     self._send(401, {"error": {"message": f"Incorrect API key provided: {auth}",
                                                "type": "invalid_request_error"}})
+                    return
+                elif isinstance(fault, tuple):  # (status, Retry-After seconds)
+                    self._send(fault[0], {"error": {"message": "slow down"}},
+                               {"Retry-After": str(fault[1])})
                     return
                 elif isinstance(fault, int):
                     self._send(fault, {"error": {"message": f"injected {fault}"}})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -106,6 +107,24 @@ def test_500_429_and_timeout_are_retried(cfg, tmp_path):
         assert gate.value == pytest.approx(rule_fraction(items))
         assert srv.count == len(items) + len(faults)
         assert gate.detail["requests"] == srv.count
+
+
+def test_retry_after_is_honoured(cfg, tmp_path):
+    with JudgeServer(faults=[(429, 0.3)]) as srv:
+        c = replace(cfg, base_url=srv.base_url, concurrency=1)
+        t0 = time.monotonic()
+        gate = run_judge(make_items(2), c, fingerprint=FP, ref_dir=None, cache_dir=tmp_path)
+        assert time.monotonic() - t0 >= 0.3  # not the 1 ms of our own backoff
+        assert gate.state == MEASURED and srv.count == 3
+
+
+def test_unwritable_cache_still_measures(cfg, tmp_path):
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache folder should be")
+    with JudgeServer() as srv:
+        gate = run_judge(make_items(6), replace(cfg, base_url=srv.base_url), fingerprint=FP,
+                         ref_dir=None, cache_dir=blocker)
+    assert gate.state == MEASURED and gate.value == pytest.approx(rule_fraction(make_items(6)))
 
 
 @pytest.mark.parametrize("reply", ["text", "fenced", "refuse_schema"])

@@ -139,6 +139,7 @@ class VerdictCache:
 
     def __init__(self, root: Path):
         self.root = Path(root)
+        self.warned = False
 
     @staticmethod
     def key(model: str, text: str) -> str:
@@ -158,13 +159,20 @@ class VerdictCache:
         return verdict if verdict in ("Accept", "Reject") else None
 
     def put(self, model: str, text: str, verdict: str) -> None:
+        """Best effort: a read-only or full disk costs future calls, never this run."""
         path = self._path(self.key(model, text))
-        path.parent.mkdir(parents=True, exist_ok=True)
         doc = {"verdict": verdict, "model": model, "rubric_version": RUBRIC_VERSION}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh)
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            with os.fdopen(fd, "w") as fh:
+                json.dump(doc, fh)
+            os.replace(tmp, path)
+        except OSError as exc:
+            if not self.warned:
+                log.warning("judge verdict cache %s not writable (%s); verdicts are not "
+                            "cached", self.root, exc.strerror or type(exc).__name__)
+                self.warned = True
 
 
 # --------------------------------------------------------------------------- requests
@@ -211,7 +219,7 @@ class _Caller:
 
         attempt, last = 0, "no request made"
         while not self.stop.is_set():
-            use_schema = self.use_schema
+            use_schema, wait_hint = self.use_schema, 0.0
             try:
                 resp = self._create(text, use_schema)
             except openai.BadRequestError as exc:
@@ -233,6 +241,7 @@ class _Caller:
                 last = "connection failed"
             except (openai.RateLimitError, openai.InternalServerError) as exc:
                 last = f"HTTP {exc.status_code}"
+                wait_hint = _retry_after(exc)
             except openai.APIStatusError as exc:
                 raise _Fatal(f"the judge endpoint answered HTTP {exc.status_code}") from None
             else:
@@ -242,7 +251,7 @@ class _Caller:
                     return None
             if attempt >= self.cfg.max_retries:
                 break
-            delay = min(MAX_BACKOFF_S, self.cfg.retry_base_s * 2 ** attempt)
+            delay = min(MAX_BACKOFF_S, max(wait_hint, self.cfg.retry_base_s * 2 ** attempt))
             attempt += 1
             log.info("judge request failed (%s); retry %d/%d in %.2f s", last, attempt,
                      self.cfg.max_retries, delay)
@@ -250,6 +259,15 @@ class _Caller:
                 break
         raise JudgeUnavailable(f"the judge at {_public_url(self.cfg.base_url)} is unreachable "
                                f"({last}, {attempt + 1} attempt(s))")
+
+
+def _retry_after(exc: Exception) -> float:
+    """The server's Retry-After (seconds) when it sent one, else 0."""
+    headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+    try:
+        return max(0.0, float(headers.get("retry-after", 0)))
+    except (TypeError, ValueError):
+        return 0.0  # an HTTP date: fall back to our own backoff
 
 
 def _mentions_response_format(exc: Exception) -> bool:
