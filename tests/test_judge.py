@@ -7,7 +7,6 @@ import logging
 import socket
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 

@@ -58,7 +58,8 @@ def judge_yaml(url: str, mode: str = "gate") -> str:
 
 def test_scoring_reports_checks_and_gates(tmp_path):
     with JudgeServer() as srv:
-        res, ref = make_res(tmp_path, n_items=10, marked=8, leaked=0, judge=judge_yaml(srv.base_url))
+        res, ref = make_res(tmp_path, n_items=10, marked=8, leaked=0,
+                            judge=judge_yaml(srv.base_url))
         (ref / "judge_key.txt").write_text(KEY)
         out = tmp_path / "out"
         scores = score(res, ref, out)
@@ -82,7 +83,8 @@ def test_scoring_reports_checks_and_gates(tmp_path):
 
 def test_gates_zero_the_score(tmp_path):
     with JudgeServer() as srv:
-        res, ref = make_res(tmp_path, n_items=10, marked=10, leaked=3, judge=judge_yaml(srv.base_url))
+        res, ref = make_res(tmp_path, n_items=10, marked=10, leaked=3,
+                            judge=judge_yaml(srv.base_url))
         (ref / "judge_key.txt").write_text(KEY)
         scores = score(res, ref, tmp_path / "out")
     assert scores["alignment"] == 1.0 and scores["leakage"] == pytest.approx(0.3)
