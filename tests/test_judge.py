@@ -226,7 +226,7 @@ def test_render_item_shows_options_and_answer():
     text = render_item(Item(task="t", doc_id=0, prompt="What is H2O?", gold="water",
                             choices=["water", "salt"], gold_index=0))
     assert "What is H2O?" in text and "A. water\nB. salt" in text
-    assert text.endswith("Expected answer:\nwater")
+    assert text.startswith("<item>\n") and text.endswith("Expected answer:\nwater\n</item>")
 
 
 def test_cli_judge(tmp_path, capsys):
