@@ -146,6 +146,19 @@ def _fmt_s(s: float) -> str:
     return f"{s / 60:.1f} min" if s >= 120 else f"{s:.0f} s"
 
 
+def _private_paths(manifest: Manifest, output: Path, input_data: Path,
+                   data_dir: Path | None) -> list[Path]:
+    """What participant code must not see: outputs, manifest, weights, hub credentials."""
+    paths = [output, Path(input_data), *([data_dir] if data_dir else [])]
+    if manifest.path is not None:
+        paths.append(manifest.path.parent)
+    paths += [Path(c.source) for c in manifest.checkpoints if not c.is_hub]
+    hf_home = os.environ.get("HF_HOME")
+    paths += [Path(hf_home)] if hf_home else []
+    paths += [Path.home() / ".cache" / "huggingface", Path.home() / ".huggingface"]
+    return paths
+
+
 # --------------------------------------------------------------------------- resume
 def _resume_rows(output: Path, fp: str, task: str, metric: str) -> dict[str, dict]:
     """Finished rows of an earlier run of the same submission; otherwise start clean."""
@@ -214,7 +227,8 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
 
         t_prep = time.monotonic()
         tp = TaskProcess(sub.tasks_dir, sub.task_name, workdir,
-                         allow_network=d.allow_network, hf_token=sub.hf_token, limits=limits)
+                         allow_network=d.allow_network, hf_token=sub.hf_token, limits=limits,
+                         hide=_private_paths(manifest, output, input_data, data_dir))
         prepared = tp.start()
         checked = validate.check_task(prepared.info, sub.task_name, sub.metric)
         doc["submission"].update(checked)

@@ -21,7 +21,7 @@ from typing import Any
 
 import e2lmc
 from e2lmc.errors import UserError
-from e2lmc.ingestion import wire
+from e2lmc.ingestion import validate, wire
 from e2lmc.results import Item
 
 REQUEST_TYPES = ("loglikelihood", "loglikelihood_rolling", "generate_until")
@@ -83,7 +83,8 @@ class TaskProcess:
 
     def __init__(self, tasks_dir: Path, task_name: str, workdir: Path, *,
                  allow_network: bool = False, hf_token: str | None = None,
-                 limits: Limits | None = None, fewshot_seed: int = 1234):
+                 limits: Limits | None = None, fewshot_seed: int = 1234,
+                 hide: list[Path] | None = None):
         self.tasks_dir = Path(tasks_dir)
         self.task_name = task_name
         self.workdir = Path(workdir)
@@ -94,6 +95,7 @@ class TaskProcess:
         self.proc: subprocess.Popen | None = None
         self.log_path = self.workdir / "taskproc.log"
         self._secrets = [hf_token] if hf_token else []
+        self.hide = hide or []
 
     # ------------------------------------------------------------------ lifecycle
     def _env(self, home: Path) -> dict[str, str]:
@@ -122,6 +124,26 @@ class TaskProcess:
         needed = [Path(sys.base_prefix), Path(sys.prefix), Path(lm_eval.__file__).parent,
                   Path(e2lmc.__file__).parent]
         return all(_world_readable(p) for p in needed)
+
+    def _hideable(self, home: Path) -> list[str]:
+        """Paths to mask in the child (outputs, manifest, weights, hub credentials).
+
+        A path that holds something the child needs (its tasks, home, Python, lm-eval)
+        cannot be masked; it is left out (and isolation.md says the file system is then
+        only as private as its permissions).
+        """
+        import lm_eval
+
+        needed = [home, self.tasks_dir, Path(sys.prefix), Path(sys.base_prefix),
+                  Path(lm_eval.__file__).parent, Path(e2lmc.__file__).parent]
+        needed = [p.resolve() for p in needed]
+        out = []
+        for p in self.hide:
+            p = Path(p).resolve()
+            if p.is_dir() and p != Path("/") and not any(n == p or p in n.parents
+                                                         for n in needed):
+                out.append(str(p))
+        return sorted(set(out))
 
     def start(self) -> Prepared:
         """Start the child, load the tasks, build the requests (no model involved)."""
@@ -154,6 +176,8 @@ class TaskProcess:
         cfg = {"op": "prepare", "tasks_dir": str(self.tasks_dir.resolve()),
                "task_name": self.task_name, "allow_network": self.allow_network,
                "home": str(home), "fewshot_seed": self.fewshot_seed,
+               "hide": self._hideable(home),
+               "doc_bounds": [validate.MIN_DOCS, validate.MAX_DOCS],
                "limits": {**asdict(self.limits), "drop_privileges": drop}}
         wire.send(self._out, cfg)
         reply = self._recv(self.limits.prepare_timeout, "loading the task")

@@ -10,14 +10,19 @@ MIN_DOCS = 100
 MAX_DOCS = 15_000
 
 
+def doc_count_error(task_name: str, docs: dict[str, int]) -> str:
+    n_docs = sum(docs.values())
+    where = f" (sum over {len(docs)} tasks)" if len(docs) > 1 else ""
+    return (f"task {task_name}: {n_docs} documents{where}; the competition requires "
+            f"{MIN_DOCS} to {MAX_DOCS:,} evaluated documents")
+
+
 def check_task(info: dict[str, Any], task_name: str, metric: str) -> dict[str, Any]:
     """Document count, declared metric key and output type; returns the summary fields."""
     docs = info.get("docs") or {}
     n_docs = int(sum(int(v) for v in docs.values()))
     if not MIN_DOCS <= n_docs <= MAX_DOCS:
-        where = f" (sum over {len(docs)} tasks)" if len(docs) > 1 else ""
-        raise UserError(f"task {task_name}: {n_docs} documents{where}; the competition "
-                        f"requires {MIN_DOCS} to {MAX_DOCS:,} evaluated documents")
+        raise UserError(doc_count_error(task_name, docs))
     keys = [str(k) for k in info.get("metric_keys") or []]
     if metric not in keys:
         shown = ", ".join(k for k in keys if "_stderr" not in k) or "none"
