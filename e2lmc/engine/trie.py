@@ -150,14 +150,18 @@ def build_plan(requests: Sequence[tuple[Sequence[int], Sequence[int]]], max_leng
     """
     seqs: list[np.ndarray] = []
     conts: list[int] = []
+    as_array: dict[int, tuple[Sequence[int], np.ndarray]] = {}  # choices share a context
     for ctx, cont in requests:
-        if not ctx or not cont:
+        if not len(ctx) or not len(cont):
             raise ValueError("every request needs a non-empty context and continuation")
         if len(cont) > max_length:
             raise ValueError(f"a continuation of {len(cont)} tokens exceeds the model's "
                              f"maximum length {max_length}")
-        full = np.asarray(list(ctx) + list(cont), dtype=np.int64)[-(max_length + 1):]
-        seqs.append(full)
+        hit = as_array.get(id(ctx))
+        if hit is None or hit[0] is not ctx:
+            hit = as_array[id(ctx)] = (ctx, np.asarray(ctx, dtype=np.int32))
+        full = np.concatenate([hit[1], np.asarray(cont, dtype=np.int32)])
+        seqs.append(full[-(max_length + 1):])
         conts.append(len(cont))
     inputs = [s[:-1] for s in seqs]
     tree = _Tree(inputs)
