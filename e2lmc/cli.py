@@ -90,6 +90,8 @@ def _add_submission(sub: argparse._SubParsersAction) -> None:
     j.add_argument("--samples", type=int, default=None, help="items to sample (default 50)")
     j.add_argument("--seed", type=int, default=None, help="sampling seed")
     j.add_argument("--output", default=None, help="write verdicts as JSON here")
+    j.add_argument("--cache-dir", default=None,
+                   help="verdict cache (default: ~/.cache/e2lmc/judge)")
     j.set_defaults(handler="e2lmc.scoring.judge:cli_judge")
 
 
