@@ -14,6 +14,13 @@ cd "$(dirname "$0")/.."
 DEST="${1:-docker/wheels}"
 PY="${PYTHON:-python3}"
 mkdir -p "$DEST"
+# Skip when the wheels were built from the same pins (the stamp is their checksum).
+STAMP="$DEST/.pins.sha256"
+PINS="$(cat docker/requirements.txt docker/constraints.txt | sha256sum | cut -d' ' -f1)"
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$PINS" ]; then
+    echo "wheels in $DEST are up to date"
+    exit 0
+fi
 EXTRA=()
 if [ "${CPU_TORCH:-0}" = 1 ]; then
     # Resolve torch from local wheel folders only, so pip can never pick a CUDA build.
@@ -29,4 +36,5 @@ if [ "${CPU_TORCH:-0}" = 1 ]; then
         echo "CUDA wheels found in $DEST; remove them and rerun" >&2; exit 2
     fi
 fi
+echo "$PINS" > "$STAMP"
 echo "wheels in $DEST: $(ls "$DEST"/*.whl | wc -l)"

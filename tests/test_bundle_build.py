@@ -13,6 +13,7 @@ from e2lmc.bundle import check as check_mod
 from e2lmc.bundle import layout
 from e2lmc.bundle.build import build_bundle
 from e2lmc.bundle.check import check_bundle
+from e2lmc.bundle.layout import judge_key_name
 from e2lmc.cli import main
 from e2lmc.errors import UserError
 
@@ -32,7 +33,8 @@ def _package(monkeypatch, keyed_package):
 def source(tmp_path) -> Path:
     src = make_standin_bundle(tmp_path / "src")
     # A key left in the checkout by mistake must never ship.
-    (src / "reference_data" / "e2lm" / "judge_api_key.txt").write_text("sk-from-the-repo\n")
+    ref = src / "reference_data" / "e2lm"
+    (ref / judge_key_name(ref)).write_text("sk-from-the-repo\n")
     (src / "scoring_program" / "__pycache__").mkdir()
     (src / "scoring_program" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0")
     return src
@@ -57,7 +59,8 @@ def test_build_layout(tmp_path, source):
     assert "reference_data/e2lm/scoring.yaml" in files
     assert "solutions/mmlu_var/metadata.yaml" in files
     assert not [f for f in files if "__pycache__" in f or f.endswith(".pyc")]
-    assert not [f for f in files if "judge_api_key" in f]
+    key_name = judge_key_name(source / "reference_data" / "e2lm")
+    assert not [f for f in files if f.endswith(f"/{key_name}")]
     assert check_bundle(out) == []
     assert not list(out.parent.glob("*.tmp"))
 
@@ -66,9 +69,10 @@ def test_judge_key_comes_from_the_organizer_file_only(tmp_path, source):
     key = tmp_path / "judge.key"
     key.write_text("sk-organizer\n")
     out = build_bundle(tmp_path / "b.zip", root=source, judge_key_file=key)
+    entry = f"reference_data/e2lm/{judge_key_name(source / 'reference_data' / 'e2lm')}"
     with zipfile.ZipFile(out) as zf:
-        assert zf.read("reference_data/e2lm/judge_api_key.txt").decode().strip() == "sk-organizer"
-        mode = (zf.getinfo("reference_data/e2lm/judge_api_key.txt").external_attr >> 16) & 0o777
+        assert zf.read(entry).decode().strip() == "sk-organizer"
+        mode = (zf.getinfo(entry).external_attr >> 16) & 0o777
     assert mode == 0o600
 
 
