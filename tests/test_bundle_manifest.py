@@ -41,6 +41,7 @@ def test_manifest_loads_with_the_expected_grid(tmp_path):
         assert hidden[0].tokens_b > 200 and hidden[-1].tokens_b > 900
     web = [x for x in m.models if x.data == "web"]
     assert len(web) == 1 and web[0].size == "500m" and not web[0].checkpoints[0].is_hub
+    assert all(c.stage == "hidden" for c in web[0].checkpoints)
     assert m.defaults.max_length == 2048 and m.defaults.dtype == "bfloat16"
 
 

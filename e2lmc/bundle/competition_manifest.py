@@ -85,7 +85,8 @@ def competition_manifest() -> dict[str, Any]:
     web = WEB_MODEL
     models.append({"name": web["name"], "source": web["source"], "size": web["size"],
                    "params": SIZES[web["size"]], "arch": web["arch"], "data": "web",
-                   "checkpoints": [_ckpt(it, "public") for it in PUBLIC_ITERATIONS]})
+                   # hidden: its values never appear in participant-visible outputs
+                   "checkpoints": [_ckpt(it, "hidden") for it in PUBLIC_ITERATIONS]})
     defaults = {
         "dtype": "bfloat16",
         "device": "cuda",
