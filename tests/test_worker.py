@@ -174,3 +174,19 @@ def test_cli_prints_the_leaderboard_row(tmp_path, bundle, input_data, capsys):
     row = json.loads(out.out)
     assert row["score"] == 4.0 and "not_a_column" not in row
     assert "ingestion: exit 0" in out.err and "detailed results:" in out.err
+
+
+def test_checkpoints_inside_the_input_data_are_not_copied(tmp_path, bundle):
+    suite = tmp_path / "suite"
+    (suite / "model_a" / "c1").mkdir(parents=True)
+    (suite / "notes.txt").write_text("kept")
+    (suite / "manifest.yaml").write_text(yaml.safe_dump({"version": 1, "models": [
+        {"name": "a", "source": "model_a", "checkpoints": [
+            {"name": "c1", "subfolder": "c1", "tokens_b": 1.0}]}]}))
+    result = run_local(submission(tmp_path), "e2lm", bundle=bundle, workdir=tmp_path / "w",
+                       input_data=suite)
+    staged = result.workdir / "prediction" / "input_data"
+    assert (staged / "notes.txt").is_file() and not (staged / "model_a").exists()
+    manifest = yaml.safe_load((staged / "manifest.yaml").read_text())
+    assert manifest["models"][0]["source"] == str((suite / "model_a").resolve())
+    assert result.leaderboard["score"] == 1.0

@@ -140,19 +140,22 @@ def _stage_manifest(src: Path, dst: Path, docker: bool) -> list[tuple[Path, str]
     Returns the extra (host path, container path) mounts."""
     if not src.is_dir():
         raise UserError(f"{src}: input data folder not found")
-    copy_clean(src, dst)
-    manifest = dst / "manifest.yaml"
-    if not manifest.is_file():
-        return []
-    doc = yaml.safe_load(manifest.read_text())
+    manifest = src / "manifest.yaml"
+    doc = yaml.safe_load(manifest.read_text()) if manifest.is_file() else None
     if not isinstance(doc, dict):
+        copy_clean(src, dst)
         return []
+    # Checkpoint folders inside the input data are used in place, not copied.
+    weights = {str(ref.relative_to(src.resolve())).split(os.sep)[0]
+               for ref in (_local(s, src) for s in _sources(doc)) if ref is not None
+               and src.resolve() in ref.parents}
+    copy_clean(src, dst, extra_ignore=tuple(weights))
     mounts: dict[Path, str] = {}
 
     def relocate(source: Any) -> Any:
-        if not isinstance(source, str) or source.startswith(("hf://", CONTAINER_APP + "/")):
+        host = _local(source, src)
+        if host is None:
             return source
-        host = (src / source).resolve() if not Path(source).is_absolute() else Path(source)
         if not docker:
             return str(host)
         if host not in mounts:
@@ -166,8 +169,25 @@ def _stage_manifest(src: Path, dst: Path, docker: bool) -> list[tuple[Path, str]
             for ckpt in as_list(model.get("checkpoints")):
                 if isinstance(ckpt, dict) and "source" in ckpt:
                     ckpt["source"] = relocate(ckpt["source"])
-    manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
+    (dst / "manifest.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     return list(mounts.items())
+
+
+def _sources(doc: dict[str, Any]) -> list[Any]:
+    out = []
+    for model in as_list(doc.get("models")):
+        if isinstance(model, dict):
+            out.append(model.get("source"))
+            out += [c.get("source") for c in as_list(model.get("checkpoints"))
+                    if isinstance(c, dict)]
+    return out
+
+
+def _local(source: Any, base: Path) -> Path | None:
+    """The host folder of a manifest source, None for hub or worker-staged sources."""
+    if not isinstance(source, str) or source.startswith(("hf://", CONTAINER_APP + "/")):
+        return None
+    return Path(source) if Path(source).is_absolute() else (base / source).resolve()
 
 
 def _fresh_dir(path: Path) -> Path:
