@@ -88,6 +88,7 @@ class JudgeConfig:
     api_key_file: str | None = None  # relative to the reference-data folder
     timeout_s: float = 60.0
     max_retries: int = 5
+    retry_base_s: float = 1.0  # first backoff delay; doubles on each retry (capped at 60 s)
     cache_dir: str | None = None  # verdict cache; default: <output>/../judge_cache or ~/.cache
 
 
@@ -151,6 +152,9 @@ def _coerce(hint: Any, value: Any, where: str, path: Path) -> Any:
         if not isinstance(value, list):
             raise UserError(f"{path}: `{where}` must be a list")
         return [_coerce(args[0], v, where, path) for v in value]
+    if hint is str and isinstance(value, bool):
+        # YAML 1.1 reads a bare `off`/`on` as a boolean; `mode: off` means the string
+        return "on" if value else "off"
     try:
         if hint is float and not isinstance(value, bool):
             return float(value)
