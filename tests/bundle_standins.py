@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import shutil
 import textwrap
+import zipfile
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,3 +145,24 @@ def package_with_keys(dest: Path) -> Path:
     if not module.is_file():
         module.write_text(SCORING_MODULE.format(keys=column_keys(REPO / "competition.yaml")))
     return pkg
+
+
+def micro_suite() -> Path:
+    for program in ("ingestion_program", "scoring_program"):
+        if not (REPO / program / "metadata.yaml").is_file():
+            pytest.skip(f"{program}/ is not in this checkout")
+    build = pytest.importorskip("e2lmc.suite.build")
+    return build.build_suite(micro=True, progress=False).parent
+
+
+def example_zip(dest: Path, name: str = "science_cloze") -> Path:
+    examples = pytest.importorskip("e2lmc.suite.examples")
+    folder = examples.example_dir(name)
+    if not folder.is_dir():
+        folder = examples.write_example(name, dest / name)
+    path = dest / f"{name}.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for f in sorted(folder.rglob("*")):
+            if f.is_file() and "__pycache__" not in f.parts:
+                zf.write(f, f.relative_to(folder).as_posix())
+    return path

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bundle_standins import REPO, make_standin_bundle
+from bundle_standins import REPO, example_zip, make_standin_bundle, micro_suite
 from e2lmc.bundle.worker import run_local
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -111,3 +111,22 @@ def test_run_local_in_docker(image, standin_bundle, tmp_path, user):
     assert res_probe["cwd"] == "/app/program"
     assert res_probe["e2lmc"] == "/app/program/e2lmc"
     assert "E2LMC_APP_ROOT" not in res_probe["env"]
+
+
+def test_example_on_the_micro_suite_in_docker(image, tmp_path):
+    """The real programs and an example submission, both steps in containers as root."""
+    from e2lmc.scoring.program import LEADERBOARD_KEYS
+
+    suite = micro_suite()
+    start = time.monotonic()
+    result = run_local(example_zip(tmp_path), "e2lm", bundle=REPO, docker_image=image,
+                       workdir=tmp_path / "w", input_data=suite, ref=suite, network=False,
+                       env={**OFFLINE, "OMP_NUM_THREADS": "2"}, timeout=900)
+    print(f"\nrun-local --docker on the micro suite: {time.monotonic() - start:.1f} s",
+          file=sys.stderr)
+    assert result.prediction.exit_code == 0, result.prediction.stderr.read_text()[-3000:]
+    assert set(result.leaderboard) == set(LEADERBOARD_KEYS)
+    assert 0.0 <= result.leaderboard["score"] <= 1.0
+    res = result.workdir / "app" / "input" / "res"
+    assert yaml.safe_load((res / "ingestion.json").read_text())["status"] == "ok"
+    assert (result.workdir / "app" / "output" / "detailed_results.html").is_file()

@@ -9,39 +9,17 @@ from __future__ import annotations
 
 import json
 import math
-import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
 
-from bundle_standins import REPO
+from bundle_standins import REPO, example_zip, micro_suite
 from e2lmc.bundle.worker import run_local
 
 pytestmark = pytest.mark.slow
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "OMP_NUM_THREADS": "1"}
-
-
-def micro_suite() -> Path:
-    for program in ("ingestion_program", "scoring_program"):
-        if not (REPO / program / "metadata.yaml").is_file():
-            pytest.skip(f"{program}/ is not in this checkout")
-    build = pytest.importorskip("e2lmc.suite.build")
-    return build.build_suite(micro=True, progress=False).parent
-
-
-def example_zip(dest: Path, name: str = "science_cloze") -> Path:
-    examples = pytest.importorskip("e2lmc.suite.examples")
-    folder = examples.example_dir(name)
-    if not folder.is_dir():
-        folder = examples.write_example(name, dest / name)
-    path = dest / f"{name}.zip"
-    with zipfile.ZipFile(path, "w") as zf:
-        for f in sorted(folder.rglob("*")):
-            if f.is_file() and "__pycache__" not in f.parts:
-                zf.write(f, f.relative_to(folder).as_posix())
-    return path
 
 
 def test_example_submission_on_the_micro_suite(tmp_path):
