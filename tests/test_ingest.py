@@ -133,25 +133,37 @@ def test_time_budget_ends_partial(tiny_grid, tmp_path):
         R.read_ingestion(tmp_path / "out")
 
 
+def start_and_stop(cmd: list[str], env: dict, results: Path, rows: int, sig: int) -> None:
+    """Start the CLI, wait until results.jsonl has `rows` rows, then send `sig`."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if results.is_file() and results.read_text().count("\n") >= rows:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be stopped"
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+
+
 @pytest.mark.slow
-def test_kill_9_then_resume_equals_uninterrupted(grid_run, tiny_grid, tmp_path):
+def test_sigterm_then_kill_9_then_resume_equals_uninterrupted(grid_run, tiny_grid, tmp_path):
     ref_out, _ = grid_run
     out = tmp_path / "out"
+    results = out / R.RESULTS_JSONL
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "e2lmc", "ingest", "--submission", str(build.SCI_CLOZE),
            "--input-data", str(tiny_grid.path.parent), "--output", str(out), "--engine", "hf"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    results = out / R.RESULTS_JSONL
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        if results.is_file() and results.read_text().count("\n") >= 2:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+
+    start_and_stop(cmd, env, results, 1, signal.SIGTERM)  # the platform's time limit
+    doc = json.loads((out / R.INGESTION_JSON).read_text())
+    assert doc["status"] == "partial" and "SIGTERM" in doc["error"]
+    first = {f"{d['model']}/{d['checkpoint']}": d for d in R.iter_jsonl(results)}
+    assert 1 <= len(first) < 9
+
+    start_and_stop(cmd, env, results, len(first) + 2, signal.SIGKILL)  # resumes, then dies
     before = {f"{d['model']}/{d['checkpoint']}": d for d in R.iter_jsonl(results)}
-    assert 2 <= len(before) < 9
+    assert len(first) + 2 <= len(before) < 9
     assert json.loads((out / R.INGESTION_JSON).read_text())["status"] == "partial"
 
     lines: list[str] = []
