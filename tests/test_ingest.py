@@ -123,14 +123,32 @@ def test_broken_checkpoint_gets_an_error_row(tiny_grid, tmp_path):
 
 
 @pytest.mark.slow
-def test_time_budget_ends_partial(tiny_grid, tmp_path):
+def test_time_budget_ends_partial_after_the_most_needed(tiny_grid, tmp_path, monkeypatch):
+    """Each finished checkpoint makes the clock jump 100 s: a 250 s budget starts three
+    (at about 0, 100 and 200 s), the three the score needs most."""
+    import e2lmc.ingestion.run as run_mod
+
+    out = tmp_path / "out"
+
+    class Clock:
+        @staticmethod
+        def monotonic() -> float:
+            rows = (out / R.RESULTS_JSONL).read_text().count("\n") if (
+                out / R.RESULTS_JSONL).is_file() else 0
+            return time.monotonic() + 100.0 * rows
+
+    monkeypatch.setattr(run_mod, "time", Clock)
     lines: list[str] = []
-    doc = ingest(build.SCI_CLOZE, tiny_grid.path.parent, tmp_path / "out", engine="hf",
-                 time_budget=0.01, log=lines.append)
-    assert doc["status"] == "partial" and "time budget" in doc["error"]
-    assert doc["checkpoints"]["missing"] and len(doc["checkpoints"]["missing"]) == 9
+    doc = ingest(build.SCI_CLOZE, tiny_grid.path.parent, out, engine="hf", time_budget=250,
+                 log=lines.append)
+    assert doc["status"] == "partial" and "time budget of 250 s" in doc["error"]
+    rows = [(d["model"], d["checkpoint"]) for d in R.iter_jsonl(out / R.RESULTS_JSONL)]
+    assert rows == [("tiny-0-arch1", "iter_0001000"), ("tiny-1-arch2", "iter_0001000"),
+                    ("tiny-0-arch1", "iter_0002000")]
+    assert len(doc["checkpoints"]["missing"]) == 6
+    assert any("ETA" in ln and "[3/9]" in ln for ln in lines)
     with pytest.raises(Exception, match="partial"):
-        R.read_ingestion(tmp_path / "out")
+        R.read_ingestion(out)
 
 
 def start_and_stop(cmd: list[str], env: dict, results: Path, rows: int, sig: int) -> None:
