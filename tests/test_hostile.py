@@ -229,6 +229,14 @@ def test_hub_dataset_needs_bundled_data(run, tmp_path):
 
 
 @pytest.mark.slow
+def test_remote_data_files_need_bundled_data(run, tmp_path):
+    text = build.TASK_YAML.format(name="mini_mc", output_type="multiple_choice").replace(
+        "test: data/test.jsonl", "test: https://example.org/test.jsonl")
+    doc, _, _ = run(build.task_folder(tmp_path / "sub", yaml_text=text))
+    failed(doc, "remote", "bundle your data")
+
+
+@pytest.mark.slow
 def test_data_files_outside_the_submission(run, tmp_path):
     text = build.TASK_YAML.format(name="mini_mc", output_type="multiple_choice").replace(
         "test: data/test.jsonl", "test: ../../../../../../etc/hostname")

@@ -166,7 +166,7 @@ def _install_guards(root: Path, allow_network: bool) -> None:
                                 "{data_files: {test: data/test.jsonl}})")
             for key in ("data_files", "data_dir"):
                 if key in kw:
-                    kw[key] = _resolve_files(kw[key], base, root, name)
+                    kw[key] = _resolve_files(kw[key], base, root, name, allow_network)
         return original(self, dataset_kwargs=kw, **kwargs)
 
     task_mod.ConfigurableTask.download = download
@@ -201,15 +201,22 @@ def _inside(path: Path, root: Path, task: str) -> Path:
     return resolved
 
 
-def _resolve_files(value: Any, base: Path, root: Path, task: str) -> Any:
+def _resolve_files(value: Any, base: Path, root: Path, task: str,
+                   allow_network: bool = False) -> Any:
     if isinstance(value, str):
         if "://" in value:
+            if not allow_network:
+                raise TaskError("hub_dataset",
+                                f"task {task}: data file {value!r} is remote, which this "
+                                "evaluation does not reach; bundle your data with the "
+                                "submission")
             return value
         return str(_inside(base / value, root, task))
     if isinstance(value, (list, tuple)):
-        return [_resolve_files(v, base, root, task) for v in value]
+        return [_resolve_files(v, base, root, task, allow_network) for v in value]
     if isinstance(value, dict):
-        return {k: _resolve_files(v, base, root, task) for k, v in value.items()}
+        return {k: _resolve_files(v, base, root, task, allow_network)
+                for k, v in value.items()}
     return value
 
 

@@ -17,8 +17,9 @@ import gc
 import os
 import platform
 import shutil
-import sys
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -160,7 +161,8 @@ def _private_paths(manifest: Manifest, output: Path, input_data: Path,
 
 
 # --------------------------------------------------------------------------- resume
-def _resume_rows(output: Path, fp: str, task: str, metric: str) -> dict[str, dict]:
+def _resume_rows(output: Path, fp: str, task: str, metric: str,
+                 engine: str) -> dict[str, dict]:
     """Finished rows of an earlier run of the same submission; otherwise start clean."""
     path = output / R.INGESTION_JSON
     prior = None
@@ -173,7 +175,8 @@ def _resume_rows(output: Path, fp: str, task: str, metric: str) -> dict[str, dic
             prior = None
     same = (isinstance(prior, dict) and isinstance(prior.get("submission"), dict)
             and prior["submission"].get("fingerprint") == fp
-            and prior.get("task") == task and prior.get("metric") == metric)
+            and prior.get("task") == task and prior.get("metric") == metric
+            and (prior.get("engine") or {}).get("name") == engine)
     rows: dict[str, dict] = {}
     if same:
         try:
@@ -195,6 +198,17 @@ def _resume_rows(output: Path, fp: str, task: str, metric: str) -> dict[str, dic
 
 
 # --------------------------------------------------------------------------- the run
+class Stopped(BaseException):
+    """SIGTERM (the platform's time limit): finish cleanly with status `partial`.
+
+    A BaseException so that the per-checkpoint error handling does not swallow it.
+    """
+
+
+def _on_sigterm(signum, frame):
+    raise Stopped()
+
+
 def ingest(submission: Path, input_data: Path, output: Path, engine: str | None = None,
            device: str | None = None, time_budget: float | None = None,
            data_dir: Path | None = None, limits: Limits | None = None,
@@ -207,6 +221,8 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
                            "timings": {}, "engine": {}, "models": {}}
     workdir = Path(tempfile.mkdtemp(prefix="e2lmc-ingest-"))
     tp: TaskProcess | None = None
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     secrets: list[str] = [os.environ.get("HF_TOKEN", "")]
     try:
         manifest = load_manifest(input_data, data_dir=data_dir)
@@ -243,7 +259,7 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
         log(f"ingest: {checked['n_docs']} documents, {len(prepared.requests)} requests "
             f"({checked['output_type']}), prepared in {doc['timings']['prepare_s']:.1f} s")
 
-        done = _resume_rows(output, sub.fingerprint, sub.task_name, sub.metric)
+        done = _resume_rows(output, sub.fingerprint, sub.task_name, sub.metric, engine)
         if not done or not (output / R.ITEMS_JSONL).is_file():
             tmp = output / (R.ITEMS_JSONL + ".tmp")
             tmp.unlink(missing_ok=True)
@@ -306,7 +322,12 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
         doc["status"], doc["error"] = "failed", redact(str(exc), secrets)
         if isinstance(exc, TaskProcessError):
             doc["error_kind"] = exc.kind
+    except Stopped:
+        doc["status"] = "partial" if (output / R.RESULTS_JSONL).is_file() else "failed"
+        doc["error"] = "stopped by SIGTERM (platform time limit?); re-run to resume"
     finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
         if tp is not None:
             tp.cleanup()
         shutil.rmtree(workdir, ignore_errors=True)
