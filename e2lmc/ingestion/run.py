@@ -229,7 +229,12 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
         tp = TaskProcess(sub.tasks_dir, sub.task_name, workdir,
                          allow_network=d.allow_network, hf_token=sub.hf_token, limits=limits,
                          hide=_private_paths(manifest, output, input_data, data_dir))
-        prepared = tp.start()
+        try:
+            prepared = tp.start()
+        except TaskProcessError:
+            # no checkpoint was involved yet: the task's own output helps the participant
+            log("ingest: last output of the task process:\n" + tp.log_tail())
+            raise
         checked = validate.check_task(prepared.info, sub.task_name, sub.metric)
         doc["submission"].update(checked)
         doc.update(output_type=checked["output_type"], n_docs=checked["n_docs"],

@@ -111,8 +111,13 @@ class TaskProcess:
         }
         if not self.allow_network:
             env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-        elif self.hf_token:
-            env["HF_TOKEN"] = self.hf_token  # the participant's own token, for their dataset
+        else:  # the manifest allows the hub: keep the platform's proxies
+            for key in ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY",
+                        "NO_PROXY"):
+                if key in os.environ:
+                    env[key] = os.environ[key]
+            if self.hf_token:
+                env["HF_TOKEN"] = self.hf_token  # the participant's own, for their dataset
         return env
 
     def _can_drop(self) -> bool:
