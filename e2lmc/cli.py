@@ -90,6 +90,8 @@ def _add_submission(sub: argparse._SubParsersAction) -> None:
     j.add_argument("--samples", type=int, default=None, help="items to sample (default 50)")
     j.add_argument("--seed", type=int, default=None, help="sampling seed")
     j.add_argument("--output", default=None, help="write verdicts as JSON here")
+    j.add_argument("--cache-dir", default=None,
+                   help="verdict cache (default: ~/.cache/e2lmc/judge)")
     j.set_defaults(handler="e2lmc.scoring.judge:cli_judge")
 
 
@@ -100,6 +102,8 @@ def _add_bundle(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--output", default="dist/e2lmc_bundle.zip", help="zip to write")
     b.add_argument("--judge-key-file", default=None,
                    help="organizer's file holding the judge API key, copied into reference data")
+    b.add_argument("--root", default=None,
+                   help="checkout holding competition.yaml (default: this package's checkout)")
     b.set_defaults(handler="e2lmc.bundle.build:cli_bundle_build")
     c = bsub.add_parser("check", help="check a bundle zip or folder against Codabench rules")
     c.add_argument("bundle", help="zip or folder")
@@ -114,6 +118,17 @@ def _add_bundle(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--workdir", default=None, help="where to lay out /app (default: temp)")
     r.add_argument("--input-data", default=None, help="override input_data/<task>")
     r.add_argument("--ref", default=None, help="override reference_data/<task>")
+    r.add_argument("--data", default=None,
+                   help="folder the worker mounts read-only at /app/data (staged weights)")
+    r.add_argument("--judge-key-file", default=None,
+                   help="judge API key file, copied into the reference data as the build does")
+    r.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="time limit per step (default: the phases' execution_time_limit)")
+    r.add_argument("--no-network", action="store_true",
+                   help="Docker mode: run containers without network")
+    r.add_argument("--user", default=None, help="Docker mode: run containers as this UID[:GID]")
+    r.add_argument("--env", action="append", default=None, metavar="KEY=VALUE",
+                   help="extra environment variable for the programs (repeatable)")
     r.set_defaults(handler="e2lmc.bundle.worker:cli_run_local")
 
 

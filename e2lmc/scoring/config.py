@@ -88,6 +88,7 @@ class JudgeConfig:
     api_key_file: str | None = None  # relative to the reference-data folder
     timeout_s: float = 60.0
     max_retries: int = 5
+    retry_base_s: float = 1.0  # first backoff delay; doubles on each retry (capped at 60 s)
     cache_dir: str | None = None  # verdict cache; default: <output>/../judge_cache or ~/.cache
 
 

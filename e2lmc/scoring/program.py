@@ -15,11 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from e2lmc.errors import IngestionFailed
-from e2lmc.results import read_ingestion, read_results, write_json
-from e2lmc.scoring.combine import OFF, GateResult, apply_gates, weighted_score
+from e2lmc.results import Item, read_ingestion, read_items, read_results, write_json
+from e2lmc.scoring.checks_html import diagnostics_section, gate_examples_section
+from e2lmc.scoring.combine import GateResult, apply_gates, weighted_score
 from e2lmc.scoring.config import ScoringConfig, load_config
 from e2lmc.scoring.cs import scientific_compliance
-from e2lmc.scoring.curves import Curve, curves_from_results
+from e2lmc.scoring.curves import Curve, curves_from_results, select_models
+from e2lmc.scoring.diagnostics import chance_level, compute_diagnostics, is_accuracy_metric
+from e2lmc.scoring.judge import resolve_cache_dir, run_judge
+from e2lmc.scoring.leakage import check_leakage
 from e2lmc.scoring.rc import ranking_consistency
 from e2lmc.scoring.report import render_report
 from e2lmc.scoring.sq import signal_quality
@@ -32,16 +36,22 @@ DETAILS_JSON = "scores_details.json"
 REPORT_HTML = "detailed_results.html"
 
 
-def _gates(cfg: ScoringConfig) -> list[GateResult]:
-    """The validation checks; each starts as an explicit 'not measured' state."""
+def _gates(cfg: ScoringConfig, items: list[Item], fingerprint: str, ref: Path,
+           output: Path) -> list[GateResult]:
+    """The validation checks on the rendered items: alignment judge, leakage."""
     return [
-        GateResult("alignment", cfg.judge.mode, cfg.judge.threshold, higher_is_better=True,
-                   state=OFF if cfg.judge.mode == OFF else "not_measured",
-                   reason="alignment judge not run"),
-        GateResult("leakage", cfg.leakage.mode, cfg.leakage.threshold, higher_is_better=False,
-                   state=OFF if cfg.leakage.mode == OFF else "not_measured",
-                   reason="leakage check not run"),
+        run_judge(items, cfg.judge, fingerprint=fingerprint, ref_dir=ref,
+                  cache_dir=resolve_cache_dir(cfg.judge, output)),
+        check_leakage(items, cfg.leakage),
     ]
+
+
+def _diagnostics(curves: dict[str, Curve], cfg: ScoringConfig, items: list[Item],
+                 metric: str | None) -> dict[str, Any]:
+    """SNR and decision accuracy over the RC models; chance only for accuracy metrics."""
+    chosen = {c.model: c for c in select_models(curves, cfg.rc.models)} or curves
+    chance = chance_level(items) if is_accuracy_metric(metric) else None
+    return compute_diagnostics(chosen, chance=chance)
 
 
 def _public_only(curves: dict[str, Curve]) -> list[Curve]:
@@ -86,8 +96,11 @@ def score(res: str | Path, ref: str | Path, output: str | Path) -> dict[str, flo
         raise IngestionFailed(f"{res}/results.jsonl: no checkpoint was evaluated successfully; "
                               "see the errors in the ingestion output")
     curves = curves_from_results(rows, ingestion.get("models", {}))
-    gates = _gates(cfg)
+    items = read_items(res)
+    sub = ingestion.get("submission", {})
+    gates = _gates(cfg, items, str(sub.get("fingerprint") or ""), ref, output)
     scores, details = compute_scores(curves, cfg, gates)
+    details["diagnostics"] = _diagnostics(curves, cfg, items, sub.get("metric"))
     failed = [r.key for r in rows if r.status != "ok"]
     if failed:
         details["notes"].append(f"{len(failed)} checkpoint(s) failed in ingestion and were "
@@ -95,7 +108,12 @@ def score(res: str | Path, ref: str | Path, output: str | Path) -> dict[str, flo
     details["submission"] = ingestion.get("submission", {})
     details["scores"] = scores
     output.mkdir(parents=True, exist_ok=True)
-    html = render_report(scores=scores, details=details, public_curves=_public_only(curves))
+    sections = [("Diagnostics", diagnostics_section(details["diagnostics"]))]
+    examples = gate_examples_section(details["gates"])
+    if examples:
+        sections.append(("Validation examples", examples))
+    html = render_report(scores=scores, details=details, public_curves=_public_only(curves),
+                         extra_sections=sections)
     tmp = output / (REPORT_HTML + ".tmp")
     tmp.write_text(html, encoding="utf-8")
     write_json(output / DETAILS_JSON, details)

@@ -1,0 +1,388 @@
+"""The ingestion run: one submission over every checkpoint of a manifest.
+
+    stage + check the submission       (no participant code)
+    task process: load task, build requests once, validate    (participant code, confined)
+    for each checkpoint, most useful to the score first:
+        engine answers the requests    (trusted; holds the weights)
+        task process computes metrics  (lm-eval filters / process_results / aggregation)
+        one row appended to results.jsonl
+    ingestion.json: status ok | partial | failed
+
+A re-run with the same submission resumes: rows already finished are kept, not recomputed.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import e2lmc
+from e2lmc import results as R
+from e2lmc.errors import UserError
+from e2lmc.ingestion import submission as S
+from e2lmc.ingestion import validate
+from e2lmc.ingestion.taskproc import Limits, TaskProcess, TaskProcessError, redact
+from e2lmc.manifest import Checkpoint, Manifest, load_manifest
+
+
+# --------------------------------------------------------------------------- ordering
+def spread(n: int) -> list[int]:
+    """0..n-1 ordered so that every prefix covers the range evenly: ends, middle, quarters..."""
+    if n <= 0:
+        return []
+    order = [0] if n == 1 else [0, n - 1]
+    seen = set(order)
+    intervals = [(0, n - 1)]
+    while intervals:
+        nxt = []
+        for lo, hi in intervals:
+            if hi - lo < 2:
+                continue
+            mid = (lo + hi) // 2
+            if mid not in seen:
+                seen.add(mid)
+                order.append(mid)
+            nxt += [(lo, mid), (mid, hi)]
+        intervals = nxt
+    order += [i for i in range(n) if i not in seen]
+    return order
+
+
+def evaluation_order(manifest: Manifest) -> list[Checkpoint]:
+    """What the score needs most first, so a time budget leaves the most useful rows.
+
+    Tiers: public checkpoints of science models (SQ, half the score), public checkpoints
+    of web models (CS), then hidden checkpoints (RC). Inside a tier, each model's
+    checkpoints are spread over training and the models take turns.
+    """
+    def tier(pred) -> list[Checkpoint]:
+        per_model = []
+        for m in manifest.models:
+            cks = [c for c in m.checkpoints if pred(m, c)]
+            per_model.append([cks[i] for i in spread(len(cks))])
+        out = []
+        for k in range(max((len(x) for x in per_model), default=0)):
+            out += [x[k] for x in per_model if k < len(x)]
+        return out
+
+    return (tier(lambda m, c: c.stage == "public" and m.data == "science")
+            + tier(lambda m, c: c.stage == "public" and m.data != "science")
+            + tier(lambda m, c: c.stage != "public"))
+
+
+# --------------------------------------------------------------------------- helpers
+def stderr_key(metric: str) -> str:
+    """`acc,none` -> `acc_stderr,none` (lm-eval's naming)."""
+    name, _, flt = metric.partition(",")
+    return f"{name}_stderr,{flt}" if flt else f"{name}_stderr"
+
+
+def versions() -> dict[str, str]:
+    out = {"e2lmc": e2lmc.__version__, "python": platform.python_version()}
+    for mod in ("lm_eval", "torch", "transformers", "datasets"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - a missing optional module is just not reported
+            pass
+    return out
+
+
+def _check_engine(engine: str) -> None:
+    if engine == "fast":
+        try:
+            import e2lmc.engine.fast  # noqa: F401
+        except ImportError:
+            raise UserError("engine 'fast' is not available in this installation; run with "
+                            "--engine hf (or set defaults.engine: hf in the manifest)") from None
+    elif engine != "hf":
+        raise UserError(f"unknown engine {engine!r}; use fast or hf")
+
+
+def answer_requests(lm, requests: list[tuple[str, tuple]]) -> list[Any]:
+    """The engine's answers, in request order (JSON-ready)."""
+    from lm_eval.api.instance import Instance
+
+    answers: list[Any] = [None] * len(requests)
+    by_type: dict[str, list[int]] = {}
+    for i, (rtype, _args) in enumerate(requests):
+        by_type.setdefault(rtype, []).append(i)
+    for rtype, idx in by_type.items():
+        insts = [Instance(request_type=rtype, doc={}, arguments=requests[i][1], idx=0,
+                          metadata=("e2lmc", i, 1)) for i in idx]
+        resps = getattr(lm, rtype)(insts)
+        if len(resps) != len(idx):
+            raise RuntimeError(f"engine returned {len(resps)} answers for {len(idx)} "
+                               f"{rtype} requests")
+        for i, r in zip(idx, resps):
+            if rtype == "loglikelihood":
+                answers[i] = [float(r[0]), bool(r[1])]
+            elif rtype == "loglikelihood_rolling":
+                answers[i] = float(r[0] if isinstance(r, (tuple, list)) else r)
+            else:
+                answers[i] = str(r)
+    return answers
+
+
+def _release(lm) -> None:
+    del lm
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+def _fmt_s(s: float) -> str:
+    return f"{s / 60:.1f} min" if s >= 120 else f"{s:.0f} s"
+
+
+def _private_paths(manifest: Manifest, output: Path, input_data: Path,
+                   data_dir: Path | None) -> list[Path]:
+    """What participant code must not see: outputs, manifest, weights, hub credentials."""
+    paths = [output, Path(input_data), *([data_dir] if data_dir else [])]
+    if manifest.path is not None:
+        paths.append(manifest.path.parent)
+    paths += [Path(c.source) for c in manifest.checkpoints if not c.is_hub]
+    hf_home = os.environ.get("HF_HOME")
+    paths += [Path(hf_home)] if hf_home else []
+    paths += [Path.home() / ".cache" / "huggingface", Path.home() / ".huggingface"]
+    return paths
+
+
+# --------------------------------------------------------------------------- resume
+def _resume_rows(output: Path, fp: str, task: str, metric: str,
+                 engine: str) -> dict[str, dict]:
+    """Finished rows of an earlier run of the same submission; otherwise start clean."""
+    path = output / R.INGESTION_JSON
+    prior = None
+    if path.is_file():
+        try:
+            import json
+
+            prior = json.loads(path.read_text())
+        except ValueError:
+            prior = None
+    same = (isinstance(prior, dict) and isinstance(prior.get("submission"), dict)
+            and prior["submission"].get("fingerprint") == fp
+            and prior.get("task") == task and prior.get("metric") == metric
+            and (prior.get("engine") or {}).get("name") == engine)
+    rows: dict[str, dict] = {}
+    if same:
+        try:
+            for d in R.iter_jsonl(output / R.RESULTS_JSONL):
+                if d.get("status") == "ok":
+                    rows[f"{d.get('model')}/{d.get('checkpoint')}"] = d
+        except UserError:
+            rows = {}
+    # rewrite: drops a torn last line and error rows (retried), keeps finished rows
+    tmp = output / (R.RESULTS_JSONL + ".tmp")
+    tmp.unlink(missing_ok=True)
+    for d in rows.values():
+        R.append_jsonl(tmp, d)
+    if rows:
+        tmp.replace(output / R.RESULTS_JSONL)
+    else:
+        (output / R.RESULTS_JSONL).unlink(missing_ok=True)
+    return rows
+
+
+# --------------------------------------------------------------------------- the run
+class Stopped(BaseException):
+    """SIGTERM (the platform's time limit): finish cleanly with status `partial`.
+
+    A BaseException so that the per-checkpoint error handling does not swallow it.
+    """
+
+
+def _on_sigterm(signum, frame):
+    raise Stopped()
+
+
+def ingest(submission: Path, input_data: Path, output: Path, engine: str | None = None,
+           device: str | None = None, time_budget: float | None = None,
+           data_dir: Path | None = None, limits: Limits | None = None,
+           log=print) -> dict[str, Any]:
+    """Run a submission over the manifest's grid; return the ingestion.json document."""
+    t0 = time.monotonic()
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    doc: dict[str, Any] = {"status": "failed", "error": None, "versions": versions(),
+                           "timings": {}, "engine": {}, "models": {}}
+    workdir = Path(tempfile.mkdtemp(prefix="e2lmc-ingest-"))
+    tp: TaskProcess | None = None
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+    secrets: list[str] = [os.environ.get("HF_TOKEN", "")]
+    try:
+        manifest = load_manifest(input_data, data_dir=data_dir)
+        doc["models"] = {m.name: m.attributes() for m in manifest.models}
+        d = manifest.defaults
+        engine = engine or d.engine
+        device = device or d.device
+        budget = time_budget if time_budget is not None else d.time_budget_s
+        doc["engine"] = {"name": engine, "device": device, "dtype": d.dtype,
+                         "max_length": d.max_length, "counters": {}}
+        _check_engine(engine)
+
+        sub = S.load_submission(submission, workdir)
+        secrets.append(sub.hf_token or "")
+        doc["submission"] = sub.summary()
+        doc.update(task=sub.task_name, metric=sub.metric, format=sub.format)
+        log(f"ingest: {sub.format} submission, task {sub.task_name}, metric {sub.metric}")
+
+        t_prep = time.monotonic()
+        tp = TaskProcess(sub.tasks_dir, sub.task_name, workdir,
+                         allow_network=d.allow_network, hf_token=sub.hf_token, limits=limits,
+                         hide=_private_paths(manifest, output, input_data, data_dir))
+        try:
+            prepared = tp.start()
+        except TaskProcessError:
+            # no checkpoint was involved yet: the task's own output helps the participant
+            log("ingest: last output of the task process:\n" + tp.log_tail())
+            raise
+        checked = validate.check_task(prepared.info, sub.task_name, sub.metric)
+        doc["submission"].update(checked)
+        doc.update(output_type=checked["output_type"], n_docs=checked["n_docs"],
+                   n_requests=len(prepared.requests), isolation=prepared.info.get("isolation"))
+        doc["timings"]["prepare_s"] = round(time.monotonic() - t_prep, 3)
+        log(f"ingest: {checked['n_docs']} documents, {len(prepared.requests)} requests "
+            f"({checked['output_type']}), prepared in {doc['timings']['prepare_s']:.1f} s")
+
+        done = _resume_rows(output, sub.fingerprint, sub.task_name, sub.metric, engine)
+        if not done or not (output / R.ITEMS_JSONL).is_file():
+            tmp = output / (R.ITEMS_JSONL + ".tmp")
+            tmp.unlink(missing_ok=True)
+            with open(tmp, "w", encoding="utf-8") as fh:
+                import json
+                from dataclasses import asdict
+
+                for item in prepared.items:
+                    fh.write(json.dumps(asdict(item), ensure_ascii=False) + "\n")
+            tmp.replace(output / R.ITEMS_JSONL)
+        doc["status"], doc["error"] = "partial", "ingestion in progress (or interrupted)"
+        R.write_json(output / R.INGESTION_JSON, doc)
+
+        order = evaluation_order(manifest)
+        todo = [c for c in order if c.key not in done]
+        if done:
+            log(f"ingest: resuming, {len(done)} of {len(order)} checkpoints already done")
+        shared: dict[str, Any] = {}
+        counters: dict[str, float] = {}
+        spent: list[float] = []
+        stopped = None
+        t_grid = time.monotonic()
+        for n, ck in enumerate(todo, 1):
+            elapsed = time.monotonic() - t0
+            est = sum(spent) / len(spent) if spent else 0.0
+            if budget is not None and elapsed + est > budget:
+                stopped = (f"time budget of {budget:.0f} s reached after "
+                           f"{len(order) - len(todo) + n - 1} of {len(order)} checkpoints")
+                break
+            label = f"ckpt-{order.index(ck):03d}"
+            row = _evaluate_one(ck, label, prepared.requests, tp, sub.metric, engine, device,
+                                d, shared, counters, secrets)
+            R.append_jsonl(output / R.RESULTS_JSONL, row)
+            spent.append(row.seconds or 0.0)
+            eta = (len(todo) - n) * (sum(spent) / len(spent))
+            shown = ("" if ck.stage == "hidden" or row.value is None
+                     else f" {sub.metric}={row.value:.4f}")
+            status = "" if row.status == "ok" else f" ERROR: {row.error}"
+            log(f"[{len(order) - len(todo) + n}/{len(order)}] {ck.key} ({ck.stage}){shown}"
+                f"{status} in {row.seconds:.1f} s, ETA {_fmt_s(eta)}")
+            if not tp.alive:  # the task process died: nothing more can be scored
+                raise TaskProcessError("crashed", row.error or "the task process stopped")
+        doc["timings"]["grid_s"] = round(time.monotonic() - t_grid, 3)
+        doc["engine"]["counters"] = counters
+        rows = {r.key: r for r in R.read_results(output)}
+        ok = [r for r in rows.values() if r.status == "ok"]
+        doc["checkpoints"] = {"total": len(order), "rows": len(rows), "ok": len(ok),
+                              "errors": len(rows) - len(ok), "resumed": len(done),
+                              "missing": [c.key for c in order if c.key not in rows]}
+        if stopped:
+            doc["status"], doc["error"] = "partial", stopped
+        elif not ok:
+            errs = {r.error for r in rows.values()}
+            doc["status"] = "failed"
+            doc["error"] = ("no checkpoint could be evaluated: " + "; ".join(sorted(
+                e for e in errs if e))[:1000])
+        else:
+            doc["status"], doc["error"] = "ok", None
+    except UserError as exc:
+        doc["status"], doc["error"] = "failed", redact(str(exc), secrets)
+        if isinstance(exc, TaskProcessError):
+            doc["error_kind"] = exc.kind
+    except Stopped:
+        doc["status"] = "partial" if (output / R.RESULTS_JSONL).is_file() else "failed"
+        doc["error"] = "stopped by SIGTERM (platform time limit?); re-run to resume"
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+        if tp is not None:
+            tp.cleanup()
+        shutil.rmtree(workdir, ignore_errors=True)
+        doc["timings"]["total_s"] = round(time.monotonic() - t0, 3)
+        R.write_json(output / R.INGESTION_JSON, doc)
+    if doc["status"] != "ok":
+        log(f"ingest: {doc['status']}: {doc['error']}")
+    return doc
+
+
+def _evaluate_one(ck: Checkpoint, label: str, requests, tp: TaskProcess, metric: str,
+                  engine: str, device: str, d, shared: dict, counters: dict,
+                  secrets: list[str]) -> R.ResultRow:
+    from e2lmc.engine import make_lm
+
+    t = time.monotonic()
+    row = R.ResultRow(model=ck.model, checkpoint=ck.name, tokens_b=ck.tokens_b, stage=ck.stage,
+                      metric=metric, value=None, iteration=ck.iteration)
+    try:
+        lm = make_lm(engine, ck, device=device, dtype=d.dtype, max_length=d.max_length,
+                     batch_tokens=d.batch_tokens, shared=shared)
+    except Exception as exc:  # noqa: BLE001 - a broken checkpoint must not stop the grid
+        row.status = "error"
+        row.error = redact(f"checkpoint failed to load: {type(exc).__name__}: {exc}", secrets)[:500]
+    else:
+        try:
+            answers = answer_requests(lm, requests)
+            for k, v in (getattr(lm, "counters", None) or {}).items():
+                if isinstance(v, (int, float)):
+                    counters[k] = counters.get(k, 0) + v
+        except Exception as exc:  # noqa: BLE001
+            answers = None
+            row.status = "error"
+            row.error = redact(f"engine failed: {type(exc).__name__}: {exc}", secrets)[:500]
+        _release(lm)
+        if answers is not None:
+            try:
+                metrics = tp.score(label, answers)
+                row.metrics = metrics
+                row.value = metrics.get(metric)
+                row.stderr = metrics.get(stderr_key(metric))
+                if row.value is None:
+                    row.error = f"metric {metric} is not a finite number for this checkpoint"
+            except TaskProcessError as exc:
+                row.status = "error"
+                row.error = (str(exc) if ck.stage == "public" else
+                             f"the task failed on a hidden checkpoint ({exc.kind})")
+    row.seconds = round(time.monotonic() - t, 3)
+    return row
+
+
+def cli_ingest(args) -> int:
+    doc = ingest(Path(args.submission), Path(args.input_data), Path(args.output),
+                 engine=args.engine, device=args.device, time_budget=args.time_budget,
+                 data_dir=Path(args.data_dir) if args.data_dir else None)
+    if doc["status"] == "failed":
+        raise UserError(doc["error"] or "ingestion failed")
+    return 0

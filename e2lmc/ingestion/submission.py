@@ -1,0 +1,175 @@
+"""Submission formats: the official patch format and the task-folder format.
+
+Official: `evaluation.patch` (git diff against lm-eval adding a task under
+`lm_eval/tasks/`) + `metadata.yaml` (`task_name`, `task_metric`, `hf_token`).
+Task folder: lm-eval YAML(s), Python helpers, local data files + `metadata.yaml`.
+Either may come zipped, optionally under one top folder; a Codabench `metadata` file
+(without `command`) is expected and ignored. No participant code runs here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from e2lmc.errors import UserError
+from e2lmc.ingestion import patch, unpack
+
+METADATA_YAML = "metadata.yaml"
+PATCH_FILE = "evaluation.patch"
+CODABENCH_METADATA = "metadata"
+NOT_TASK_FILES = {METADATA_YAML, "metadata.yml", PATCH_FILE, CODABENCH_METADATA}
+
+
+@dataclass
+class Submission:
+    format: str  # official | task_folder
+    tasks_dir: Path  # lm-eval include_path: the task files only
+    task_name: str
+    metric: str
+    files: list[str]
+    fingerprint: str
+    hf_token: str | None = field(default=None, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        """What ingestion.json may say about the submission (never the token)."""
+        return {"format": self.format, "task": self.task_name, "metric": self.metric,
+                "files": self.files, "fingerprint": self.fingerprint,
+                "has_hf_token": bool(self.hf_token)}
+
+
+class _AnyTagLoader(yaml.SafeLoader):
+    """Parses lm-eval YAML (with `!function` tags) as data, without running anything."""
+
+
+_AnyTagLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def check_yaml(path: Path, shown: str) -> Any:
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_AnyTagLoader)  # noqa: S506
+    except UnicodeDecodeError:
+        raise UserError(f"{shown}: not UTF-8 text; save it as UTF-8") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{shown}: not valid YAML{at} ({problem}); fix the syntax") from None
+
+
+def read_metadata(root: Path) -> dict[str, Any]:
+    path = root / METADATA_YAML
+    if not path.is_file():
+        alt = root / "metadata.yml"
+        path = alt if alt.is_file() else path
+    if not path.is_file():
+        raise UserError(f"submission: {METADATA_YAML} not found at the top of the submission; "
+                        "add one with task_name and task_metric (see docs/submissions.md)")
+    doc = check_yaml(path, f"submission {path.name}")
+    if not isinstance(doc, dict):
+        raise UserError(f"submission {path.name}: expected a mapping with task_name and "
+                        "task_metric")
+    for key in ("task_name", "task_metric"):
+        if not isinstance(doc.get(key), str) or not doc[key].strip():
+            raise UserError(f"submission {path.name}: `{key}` is missing or not a string; "
+                            "e.g. task_name: my_task, task_metric: acc,none")
+    token = doc.get("hf_token")
+    if token is not None and not isinstance(token, str):
+        raise UserError(f"submission {path.name}: `hf_token` must be a string")
+    return doc
+
+
+def fingerprint(tasks_dir: Path) -> tuple[list[str], str]:
+    """Sorted task files and a SHA-256 over their names and bytes."""
+    h = hashlib.sha256()
+    files = sorted(p.relative_to(tasks_dir).as_posix() for p in tasks_dir.rglob("*")
+                   if p.is_file())
+    for rel in files:
+        h.update(rel.encode() + b"\0")
+        h.update((tasks_dir / rel).read_bytes())
+        h.update(b"\0")
+    return files, h.hexdigest()
+
+
+def load_submission(src: str | Path, workdir: Path,
+                    limits: unpack.UnpackLimits = unpack.UnpackLimits()) -> Submission:
+    """Stage, recognise and check a submission; the task files land in workdir/tasks."""
+    staged = workdir / "staged"
+    root = unpack.stage(src, staged, limits)
+    meta = read_metadata(root)
+    tasks_dir = workdir / "tasks"
+    tasks_dir.mkdir(parents=True, exist_ok=True)
+    if (root / PATCH_FILE).is_file():
+        fmt = "official"
+        try:
+            text = (root / PATCH_FILE).read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"submission {PATCH_FILE}: not UTF-8 text") from None
+        for rel, content in patch.task_files(text).items():
+            out = (tasks_dir / rel).resolve()
+            if tasks_dir.resolve() not in out.parents:
+                raise UserError(f"submission {PATCH_FILE}: {rel} resolves outside the tasks "
+                                "folder; refused")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(content, encoding="utf-8")
+    else:
+        fmt = "task_folder"
+        for p in sorted(root.rglob("*")):
+            rel = p.relative_to(root)
+            if p.is_dir() or (len(rel.parts) == 1 and rel.name in NOT_TASK_FILES):
+                continue
+            out = tasks_dir / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(p, out)
+    yamls = [p for p in tasks_dir.rglob("*") if p.suffix in (".yaml", ".yml")]
+    if not yamls:
+        raise UserError("submission: no task YAML found; add the lm-eval task YAML "
+                        f"({'in the patch under lm_eval/tasks/' if fmt == 'official' else 'next to metadata.yaml'})")
+    for y in yamls:
+        check_yaml(y, f"submission {y.relative_to(tasks_dir).as_posix()}")
+    files, digest = fingerprint(tasks_dir)
+    return Submission(format=fmt, tasks_dir=tasks_dir, task_name=meta["task_name"].strip(),
+                      metric=meta["task_metric"].strip(), files=files, fingerprint=digest,
+                      hf_token=meta.get("hf_token") or None)
+
+
+def make_submission(task_dir: Path, task_name: str, metric: str, output: Path,
+                    hf_token: str | None = None) -> Path:
+    """Zip a task folder as a task-folder submission, after the same checks ingestion does."""
+    task_dir = Path(task_dir)
+    if not task_dir.is_dir():
+        raise UserError(f"{task_dir}: not a folder; pass the folder holding the task YAML(s)")
+    meta = {"task_name": task_name, "task_metric": metric}
+    if hf_token:
+        meta["hf_token"] = hf_token
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="e2lmc-submission-") as tmp:
+        stage = Path(tmp) / "stage"
+        unpack.copy_folder(task_dir, stage)
+        for name in NOT_TASK_FILES:
+            (stage / name).unlink(missing_ok=True)
+        (stage / METADATA_YAML).write_text(yaml.safe_dump(meta, sort_keys=False))
+        (stage / CODABENCH_METADATA).write_text("description: e2lmc task submission\n")
+        load_submission(stage, Path(tmp) / "check")  # same checks as the ingestion
+        part = output.with_name(output.name + ".part")
+        with zipfile.ZipFile(part, "w", zipfile.ZIP_DEFLATED) as zf:
+            for p in sorted(stage.rglob("*")):
+                if p.is_file():
+                    zf.write(p, p.relative_to(stage).as_posix())
+        part.replace(output)
+    return output
+
+
+def cli_make_submission(args) -> int:
+    out = make_submission(Path(args.task_dir), args.task_name, args.metric, Path(args.output),
+                          hf_token=args.hf_token)
+    print(out)
+    return 0

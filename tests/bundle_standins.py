@@ -1,0 +1,216 @@
+"""Test support for the bundle tests: a complete bundle source folder.
+
+It copies the repository's bundle parts (competition.yaml and everything it names) and
+fills what the checkout does not have yet with small stand-in programs that follow the
+program contract of DESIGN.md: `python3 ingestion.py` / `python3 score.py`, their own
+folder on sys.path, Codabench paths under E2LMC_APP_ROOT (default /app). The stand-ins
+record what they saw (argv, environment names, where e2lmc was imported from) in
+`probe.json`, so tests can assert the worker's behaviour rather than trust it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+INGESTION = textwrap.dedent('''\
+    """Stand-in ingestion program (test double): lists the manifest's checkpoints."""
+    import json, os, sys, time
+    from pathlib import Path
+    HERE = Path(__file__).resolve().parent
+    sys.path.insert(0, str(HERE))
+    import yaml
+    import e2lmc
+    from e2lmc.manifest import load_manifest
+
+    root = Path(os.environ.get("E2LMC_APP_ROOT", "/app"))
+    out = root / "output"
+    sub = yaml.safe_load((root / "ingested_program" / "metadata.yaml").read_text()) or {}
+    mode = sub.get("standin_mode", "ok")
+    (out / "probe.json").write_text(json.dumps({
+        "argv": sys.argv, "env": sorted(os.environ), "cwd": os.getcwd(),
+        "e2lmc": str(Path(e2lmc.__file__).parent), "unbuffered": os.environ.get("PYTHONUNBUFFERED"),
+    }))
+    if mode == "fail":
+        print("stand-in: task failed", file=sys.stderr)
+        sys.exit(3)
+    if mode == "sleep":
+        time.sleep(60)
+    if mode == "write_metadata":
+        reserved = "meta" + "data"  # hidden from the static check on purpose
+        (out / reserved).write_text("reserved")
+    manifest = load_manifest(root / "input_data", data_dir=root / "data")
+    rows = [{"model": c.model, "checkpoint": c.name, "stage": c.stage,
+             "source_exists": os.path.isdir(os.path.join(c.source, c.subfolder or "")),
+             "value": 0.25 + 0.01 * i} for i, c in enumerate(manifest.checkpoints)]
+    with (out / "results.jsonl").open("w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\\n")
+    (out / "ingestion.json").write_text(json.dumps({"status": "ok", "task": sub.get("task_name")}))
+''')
+
+SCORING = textwrap.dedent('''\
+    """Stand-in scoring program (test double): refuses a failed ingestion, writes scores."""
+    import json, os, sys
+    from pathlib import Path
+    HERE = Path(__file__).resolve().parent
+    sys.path.insert(0, str(HERE))
+    import yaml
+
+    KEYS = {keys!r}
+    root = Path(os.environ.get("E2LMC_APP_ROOT", "/app"))
+    res, ref, out = root / "input" / "res", root / "input" / "ref", root / "output"
+    meta = yaml.safe_load((res / "metadata").read_text())
+    if meta.get("ingestionExitCode") != 0:
+        print(f"ingestion failed (exit code {{meta.get('ingestionExitCode')}}): no scores",
+              file=sys.stderr)
+        sys.exit(1)
+    rows = [json.loads(line) for line in (res / "results.jsonl").read_text().splitlines()]
+    scores = {{k: round(0.1 * (i + 1), 3) for i, k in enumerate(KEYS)}}
+    scores[KEYS[0]] = float(len(rows))
+    scores["not_a_column"] = 1.0
+    (out / "scores.json").write_text(json.dumps(scores))
+    (out / "detailed_results.html").write_text("<html><body>stand-in</body></html>")
+    (out / "probe.json").write_text(json.dumps({{
+        "env": sorted(os.environ), "ref_files": sorted(p.name for p in ref.iterdir()),
+        "res_files": sorted(p.name for p in res.iterdir()),
+        "sources_exist": all(r["source_exists"] for r in rows),
+    }}))
+''')
+
+SCORING_MODULE = textwrap.dedent('''\
+    """Stand-in for the scoring module's column keys (until the real one is present)."""
+    LEADERBOARD_KEYS = {keys!r}
+''')
+
+
+def column_keys(competition: Path) -> tuple[str, ...]:
+    doc = yaml.safe_load(competition.read_text())
+    return tuple(c["key"] for c in doc["leaderboards"][0]["columns"] if "computation" not in c)
+
+
+def write_program(folder: Path, script: str, body: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metadata.yaml").write_text(f"command: python3 {script}\n")
+    (folder / script).write_text(body)
+
+
+def make_standin_bundle(dest: Path, use_real_programs: bool = False) -> Path:
+    """A bundle source folder in `dest`: the repo's parts, stand-ins for missing ones.
+
+    With `use_real_programs=False` the programs are always stand-ins (fast, no models).
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(REPO / "competition.yaml", dest / "competition.yaml")
+    doc = yaml.safe_load((REPO / "competition.yaml").read_text())
+    keys = column_keys(REPO / "competition.yaml")
+    task = doc["tasks"][0]
+    names = [doc["image"], doc["terms"], *(p["file"] for p in doc["pages"]),
+             task["input_data"], task["reference_data"], *(s["path"] for s in doc["solutions"])]
+    if use_real_programs:
+        names += [task["ingestion_program"], task["scoring_program"]]
+    for rel in names:
+        src = REPO / rel
+        if src.is_dir():
+            shutil.copytree(src, dest / rel, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("__pycache__", "judge_api_key*"))
+        elif src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    ref = dest / task["reference_data"]
+    ref.mkdir(parents=True, exist_ok=True)
+    if not (ref / "scoring.yaml").is_file():
+        (ref / "scoring.yaml").write_text("# stand-in: every setting at its default\n{}\n")
+    if not (dest / task["ingestion_program"] / "metadata.yaml").is_file():
+        write_program(dest / task["ingestion_program"], "ingestion.py", INGESTION)
+    if not (dest / task["scoring_program"] / "metadata.yaml").is_file():
+        write_program(dest / task["scoring_program"], "score.py", SCORING.format(keys=keys))
+    return dest
+
+
+def package_with_keys(dest: Path) -> Path:
+    """A copy of the e2lmc package that is sure to define LEADERBOARD_KEYS."""
+    from e2lmc.bundle.layout import package_dir
+
+    pkg = dest / "e2lmc"
+    shutil.copytree(package_dir(), pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    module = pkg / "scoring" / "program.py"
+    if not module.is_file():
+        module.write_text(SCORING_MODULE.format(keys=column_keys(REPO / "competition.yaml")))
+    return pkg
+
+
+def require_programs() -> None:
+    for program in ("ingestion_program", "scoring_program"):
+        if not (REPO / program / "metadata.yaml").is_file():
+            pytest.skip(f"{program}/ is not in this checkout")
+
+
+def micro_suite() -> Path:
+    """The micro demo suite's folder (manifest.yaml + scoring.yaml), built once, cached."""
+    require_programs()
+    build = pytest.importorskip("e2lmc.suite.build")
+    return build.build_suite(micro=True, progress=False).parent
+
+
+def example_zip(dest: Path, name: str = "science_cloze") -> Path:
+    """An example submission of the demo suite, zipped as a participant would."""
+    examples = pytest.importorskip("e2lmc.suite.examples")
+    folder = examples.example_dir(name)
+    if not folder.is_dir():
+        folder = examples.write_example(name, dest / name)
+    return zip_folder(folder, dest / f"{name}.zip")
+
+
+def zip_folder(folder: Path, path: Path) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for f in sorted(folder.rglob("*")):
+            if f.is_file() and "__pycache__" not in f.parts:
+                zf.write(f, f.relative_to(folder).as_posix())
+    return path
+
+
+def tiny_case(dest: Path) -> tuple[Path, Path, Path]:
+    """Fallback while the demo suite is not in the checkout: random tiny checkpoints
+    (e2lmc.suite.tiny), default scoring, and a 120-item multiple-choice task."""
+    require_programs()
+    from e2lmc.suite.tiny import make_tiny_grid
+
+    grid = dest / "grid"
+    make_tiny_grid(grid, n_models=3, n_checkpoints=3)
+    ref = dest / "ref"
+    ref.mkdir()
+    (ref / "scoring.yaml").write_text("{}\n")
+    task = dest / "task"
+    (task / "data").mkdir(parents=True)
+    (task / "metadata.yaml").write_text("task_name: add_mc\ntask_metric: acc,none\n")
+    (task / "add_mc.yaml").write_text(yaml.safe_dump({
+        "task": "add_mc", "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": "data/test.jsonl"}}, "test_split": "test",
+        "output_type": "multiple_choice", "doc_to_text": "Question: {{question}}\nAnswer:",
+        "doc_to_choice": "{{choices}}", "doc_to_target": "{{answer}}",
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+        "metadata": {"version": 1.0}}, sort_keys=False))
+    rows = [{"question": f"What is {i} plus {i % 7}?",
+             "choices": [str(i + i % 7 + d) for d in (0, 1, 2, 3)], "answer": 0}
+            for i in range(120)]
+    (task / "data" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return grid, ref, zip_folder(task, dest / "add_mc.zip")
+
+
+def demo_case(dest: Path) -> tuple[Path, Path, Path]:
+    """(input data, reference data, submission zip) on the micro suite, else tiny_case."""
+    try:
+        import e2lmc.suite.build  # noqa: F401
+    except ImportError:
+        return tiny_case(dest)
+    suite = micro_suite()
+    return suite, suite, example_zip(dest)

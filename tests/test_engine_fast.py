@@ -1,0 +1,195 @@
+"""The fast engine answers exactly what lm-eval's stock HFLM answers (fp32, tiny models)."""
+
+from __future__ import annotations
+
+import random
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from e2lmc.engine import tokcache
+from e2lmc.engine.fast import FastLM
+from e2lmc.suite.tiny import _WORDS
+
+TOL = 1e-4
+MAX_LEN = 96
+
+
+def _req(*args):
+    return SimpleNamespace(args=args)
+
+
+def _words(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(_WORDS) for _ in range(n))
+
+
+def random_requests(seed: int, n_docs: int = 24) -> list[tuple[str, str]]:
+    """Few-shot prefixes shared by documents, choices sharing a document context, empty
+    contexts, trailing spaces, contexts longer than the model window, 1..N-token answers."""
+    rng = random.Random(seed)
+    shots = ["".join(f"Q: {_words(rng, rng.randint(3, 9))}\nA: {_words(rng, 2)}\n\n"
+                     for _ in range(rng.randint(1, 3))) for _ in range(3)]
+    reqs: list[tuple[str, str]] = []
+    for d in range(n_docs):
+        kind = rng.random()
+        if kind < 0.15:
+            ctx = ""
+        elif kind < 0.3:  # near or beyond max length: left truncation
+            ctx = _words(rng, rng.randint(MAX_LEN - 10, MAX_LEN + 40))
+        else:
+            ctx = rng.choice(shots) + f"Q: {_words(rng, rng.randint(1, 10))}\nA:"
+            if rng.random() < 0.3:
+                ctx += rng.choice([" ", "  ", "\n"])
+        for _ in range(rng.randint(1, 4)):
+            reqs.append((ctx, " " + _words(rng, rng.randint(1, 4))))
+    reqs.append(("", "atom"))
+    reqs.append(("the", " " + _words(rng, MAX_LEN // 3)))  # long continuation
+    reqs.append(reqs[0])  # exact duplicate
+    return reqs
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tiny_grid):
+    return tiny_grid.checkpoints[:2]
+
+
+def _hflm(ck, max_length=MAX_LEN):
+    from lm_eval.models.huggingface import HFLM
+
+    pretrained, subfolder = ck.load_target()
+    return HFLM(pretrained=pretrained, subfolder=subfolder or "", device="cpu",
+                dtype="float32", max_length=max_length, batch_size=4)
+
+
+def _fast(ck, shared=None, **kw):
+    kw.setdefault("max_length", MAX_LEN)
+    return FastLM.from_checkpoint(ck, device="cpu", dtype="float32",
+                                  shared={} if shared is None else shared, **kw)
+
+
+def _assert_same(fast_out, ref_out):
+    assert len(fast_out) == len(ref_out)
+    diff = np.abs(np.array([a[0] for a in fast_out]) - np.array([b[0] for b in ref_out]))
+    assert diff.max() < TOL, f"max |delta logprob| = {diff.max()}"
+    assert [a[1] for a in fast_out] == [b[1] for b in ref_out]
+
+
+@pytest.mark.parametrize("seed,row_tokens,batch_tokens", [
+    (0, 2048, 65536),  # everything in few wide rows
+    (1, 24, 256),  # tiny rows: few-shot prefixes and long contexts go through the kv cache
+    (2, 64, 64),  # one row per batch, many batches
+])
+def test_loglikelihood_matches_hflm(checkpoints, seed, row_tokens, batch_tokens):
+    reqs = [_req(*a) for a in random_requests(seed)]
+    for ck in checkpoints:
+        ref = _hflm(ck).loglikelihood(reqs, disable_tqdm=True)
+        fast = _fast(ck, row_tokens=row_tokens, batch_tokens=batch_tokens)
+        _assert_same(fast.loglikelihood(reqs), ref)
+        c = fast.counters
+        assert c["tokens_forwarded"] == c["unique_tokens"] < c["tokens_requested"]
+        (plan,) = [v for k, v in fast._cache.items() if k[0] == "plan"]
+        if row_tokens < 32:  # shared prefixes were cached and reused, several levels deep
+            assert plan.stats["groups"] > 3
+
+
+def test_greedy_flags_true_and_false_match(checkpoints):
+    """Continuations built from the model's own argmax make `is_greedy` true."""
+    ck = checkpoints[0]
+    hf = _hflm(ck)
+    fast = _fast(ck, row_tokens=16, batch_tokens=128)
+    rng = random.Random(5)
+    pairs = []
+    prefix = fast.tokenizer(_words(rng, 12))["input_ids"]
+    for _ in range(10):
+        ctx = prefix + fast.tokenizer(" " + _words(rng, rng.randint(1, 6)))["input_ids"]
+        seq = list(ctx)
+        with torch.no_grad():
+            for _ in range(rng.randint(1, 4)):
+                seq.append(int(fast.model(torch.tensor([seq])).logits[0, -1].argmax()))
+        cont = seq[len(ctx):]
+        pairs.append((ctx, cont))
+        pairs.append((ctx, cont[:-1] + [(cont[-1] + 1) % len(fast.tokenizer)]))
+    ref = hf._loglikelihood_tokens([((None, None), c, x) for c, x in pairs], disable_tqdm=True)
+    out = fast.score_tokens(pairs)
+    _assert_same(out, ref)
+    assert sum(g for _, g in out) == 10
+
+
+def test_rolling_matches_hflm(checkpoints):
+    ck = checkpoints[0]
+    rng = random.Random(3)
+    reqs = [_req(_words(rng, n)) for n in (3, 40, MAX_LEN, 3 * MAX_LEN)]
+    ref = _hflm(ck).loglikelihood_rolling(reqs, disable_tqdm=True)
+    out = _fast(ck, row_tokens=32, batch_tokens=256).loglikelihood_rolling(reqs)
+    assert np.abs(np.array(out) - np.array(ref)).max() < TOL
+
+
+def test_generate_until_matches_hflm(checkpoints):
+    ck = checkpoints[1]
+    reqs = [_req("Q: what is the atom\nA:", {"until": ["\n"], "max_gen_toks": 12}),
+            _req("the planet orbit", {"until": ["."], "max_gen_toks": 16, "do_sample": False}),
+            _req("water", {"until": ["\n\n", "energy"]}),
+            _req("red blue green small large fast slow", {"until": ["\n"], "max_gen_toks": 5})]
+    ref = _hflm(ck, max_length=512).generate_until(reqs, disable_tqdm=True)
+    out = _fast(ck, max_length=512, batch_tokens=1024).generate_until(reqs)
+    assert out == ref
+    assert any(out)
+
+
+def test_encodings_shared_across_checkpoints(checkpoints, monkeypatch):
+    """The second checkpoint reuses the first's tokenization and plan from `shared`."""
+    reqs = [_req(*a) for a in random_requests(7, n_docs=8)]
+    shared: dict = {}
+    first = _fast(checkpoints[0], shared).loglikelihood(reqs)
+    assert len(shared["fast_engine"]) == 1
+
+    def no_tokenizing(*a, **k):
+        raise AssertionError("tokenized again")
+
+    monkeypatch.setattr(tokcache.Encoder, "encode_many", no_tokenizing)
+    second = _fast(checkpoints[1], shared).loglikelihood(reqs)
+    assert len(second) == len(first) and second != first  # other weights, same requests
+
+
+def test_tokenizer_hash_is_content_based(checkpoints, tmp_path):
+    from transformers import AutoTokenizer
+
+    p0, s0 = checkpoints[0].load_target()
+    p1, s1 = checkpoints[1].load_target()
+    a = AutoTokenizer.from_pretrained(p0)
+    b = AutoTokenizer.from_pretrained(p1)
+    assert tokcache.tokenizer_hash(a) == tokcache.tokenizer_hash(b)
+    b.add_tokens(["<new-token>"])
+    assert tokcache.tokenizer_hash(a) != tokcache.tokenizer_hash(b)
+
+
+def test_out_of_memory_batches_are_split(checkpoints, monkeypatch):
+    ck = checkpoints[0]
+    reqs = [_req(*a) for a in random_requests(11, n_docs=10)]
+    ref = _fast(ck, row_tokens=32, batch_tokens=4096).loglikelihood(reqs)
+    lm = _fast(ck, row_tokens=32, batch_tokens=4096)
+    real = FastLM._forward
+    calls = []
+
+    def small_memory(self, rows, *a):
+        calls.append(len(rows))
+        if len(rows) > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(self, rows, *a)
+
+    monkeypatch.setattr(FastLM, "_forward", small_memory)
+    _assert_same(lm.loglikelihood(reqs), ref)
+    assert max(calls) > 1 and 1 in calls
+
+
+def test_errors_that_are_not_memory_propagate(checkpoints, monkeypatch):
+    lm = _fast(checkpoints[0])
+
+    def broken(self, rows, *a):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(FastLM, "_forward", broken)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        lm.loglikelihood([_req("a b", " c")])
