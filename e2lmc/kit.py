@@ -166,11 +166,8 @@ class Setup:
 
     def spread(self, model: str | None = None, n: int = 4) -> list[Checkpoint]:
         """`n` public checkpoints spread evenly over training, first and last included."""
-        ckpts = self.public(model)
-        if n >= len(ckpts):
-            return ckpts
-        idx = sorted({round(i * (len(ckpts) - 1) / (n - 1)) for i in range(n)})
-        return [ckpts[i] for i in idx]
+        return list(subset(self.manifest, [model or self.default_model], n).models[0]
+                    .checkpoints)
 
 
 def setup(mode: str) -> Setup:
@@ -513,14 +510,24 @@ def official_submission(files: dict[str, str], task_name: str, metric_key: str,
                         output: str | Path, dest: str | None = None,
                         hf_token: str | None = None) -> Path:
     """The organizers' format: `evaluation.patch` adding the task folder under
-    `lm_eval/tasks/` + `metadata.yaml` (task to run, results key, optional HF token)."""
+    `lm_eval/tasks/` + `metadata.yaml` (task to run, results key, optional HF token), checked
+    as the ingestion reads it. (`e2lmc make-submission` writes the task-folder format.)"""
+    import tempfile
+
+    from e2lmc.ingestion.submission import (CODABENCH_METADATA, METADATA_YAML, PATCH_FILE,
+                                            load_submission)
+
     meta: dict[str, Any] = {"task_name": task_name, "task_metric": metric_key}
     if hf_token:
         meta["hf_token"] = hf_token
-    return write_zip(output, {
-        "evaluation.patch": evaluation_patch(files, dest or f"lm_eval/tasks/{task_name}"),
-        "metadata.yaml": yaml.safe_dump(meta, sort_keys=False),
+    out = write_zip(output, {
+        PATCH_FILE: evaluation_patch(files, dest or f"lm_eval/tasks/{task_name}"),
+        METADATA_YAML: yaml.safe_dump(meta, sort_keys=False),
+        CODABENCH_METADATA: "description: e2lmc task submission\n",
     })
+    with tempfile.TemporaryDirectory(prefix="e2lmc-check-") as tmp:
+        load_submission(out, Path(tmp))
+    return out
 
 
 def show_zip(path: str | Path) -> str:
@@ -627,6 +634,17 @@ def manifest_dir(manifest: Manifest, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     manifest.write(out / "manifest.yaml")
     return out
+
+
+def subset(manifest: Manifest, models: list[str], n: int) -> Manifest:
+    """`n` public checkpoints of each of `models`, spread over training: a quick dry run."""
+    out = []
+    for name in models:
+        m = manifest.model(name)
+        pub = [c for c in m.checkpoints if c.stage == "public"]
+        idx = sorted({round(i * (len(pub) - 1) / max(n - 1, 1)) for i in range(min(n, len(pub)))})
+        out.append(Model(m.name, m.size, m.arch, m.data, m.params, tuple(pub[i] for i in idx)))
+    return Manifest(path=None, models=out, defaults=manifest.defaults)
 
 
 def format_scores(scores: dict[str, float]) -> str:
