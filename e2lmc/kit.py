@@ -287,25 +287,16 @@ def metric(results: dict[str, Any], task: str, key: str = "acc,none") -> float:
 # --------------------------------------------------------------------------- tasks
 
 
+def _leaf_tasks(task_dir: Path, task_name: str) -> dict[str, Any]:
+    """lm-eval's tasks behind a task or group name, loaded from `task_dir`."""
+    return task_manager(task_dir).load([task_name])["tasks"]
+
+
 def count_docs(task_dir: str | Path, task_name: str) -> dict[str, int]:
     """Evaluated documents per task (a group counts each of its tasks)."""
-    from lm_eval.tasks import get_task_dict
-
     task_dir = Path(task_dir).resolve()
     with _cwd(task_dir):
-        tasks = get_task_dict([task_name], task_manager(task_dir))
-        counts: dict[str, int] = {}
-
-        def walk(d: dict) -> None:
-            for k, v in d.items():
-                if isinstance(v, dict):
-                    walk(v)
-                else:
-                    docs = v.eval_docs
-                    counts[getattr(k, "task_name", None) or v.config.task] = len(docs)
-
-        walk(tasks)
-    return counts
+        return {name: len(t.eval_docs) for name, t in _leaf_tasks(task_dir, task_name).items()}
 
 
 def check_size(counts: dict[str, int]) -> str:
@@ -320,31 +311,22 @@ def check_size(counts: dict[str, int]) -> str:
 
 def render_items(task_dir: str | Path, task_name: str, limit: int | None = None) -> list:
     """The items as the judge sees them (prompt without shots, choices, gold answer)."""
-    from lm_eval.tasks import get_task_dict
-
     from e2lmc.results import Item
 
     task_dir = Path(task_dir).resolve()
     items: list[Item] = []
     with _cwd(task_dir):
-        tasks = get_task_dict([task_name], task_manager(task_dir))
-
-        def walk(d: dict) -> None:
-            for v in d.values():
-                if isinstance(v, dict):
-                    walk(v)
-                    continue
-                for i, doc in enumerate(v.eval_docs):
-                    if limit is not None and i >= limit:
-                        break
-                    choices = v.doc_to_choice(doc) if v.OUTPUT_TYPE == "multiple_choice" else None
-                    target = v.doc_to_target(doc)
-                    gold_index = target if isinstance(target, int) and choices else None
-                    gold = choices[target] if gold_index is not None else str(target)
-                    items.append(Item(task=v.config.task, doc_id=i, prompt=v.doc_to_text(doc),
-                                      gold=gold, choices=choices, gold_index=gold_index))
-
-        walk(tasks)
+        for name, task in _leaf_tasks(task_dir, task_name).items():
+            for i, doc in enumerate(task.eval_docs):
+                if limit is not None and i >= limit:
+                    break
+                mc = task.OUTPUT_TYPE == "multiple_choice"
+                choices = list(task.doc_to_choice(doc)) if mc else None
+                target = task.doc_to_target(doc)
+                index = target if mc and isinstance(target, int) else None
+                gold = choices[index] if index is not None else str(target)
+                items.append(Item(task=name, doc_id=i, prompt=task.doc_to_text(doc), gold=gold,
+                                  choices=choices, gold_index=index))
     return items
 
 
@@ -528,6 +510,26 @@ def official_submission(files: dict[str, str], task_name: str, metric_key: str,
     with tempfile.TemporaryDirectory(prefix="e2lmc-check-") as tmp:
         load_submission(out, Path(tmp))
     return out
+
+
+EXAMPLES = {"mmlu_var.zip": "the MMLU-var baseline, official format (patch + hub dataset)",
+            f"{MY_TASK}.zip": "a task folder with local data (notebook 4's task, real mode)"}
+
+
+def write_example_submissions(out_dir: str | Path) -> list[Path]:
+    """The starting kit's example submissions (starting_kit/example_submissions/)."""
+    import tempfile
+
+    from e2lmc import baseline
+    from e2lmc.ingestion.submission import make_submission
+
+    out = Path(out_dir)
+    paths = [official_submission(baseline.task_files(), baseline.TASK, baseline.METRIC,
+                                 out / "mmlu_var.zip")]
+    with tempfile.TemporaryDirectory(prefix="e2lmc-example-") as tmp:
+        task = write_my_task(Path(tmp) / MY_TASK, "real")
+        paths.append(make_submission(task, MY_TASK, "acc,none", out / f"{MY_TASK}.zip"))
+    return paths
 
 
 def show_zip(path: str | Path) -> str:
