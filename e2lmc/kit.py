@@ -178,6 +178,15 @@ def setup(mode: str) -> Setup:
     return Setup(mode, demo_manifest(), device="cpu", dtype="float32", batch_size=128)
 
 
+def fmt_tokens(tokens_b: float) -> str:
+    """Tokens seen, readable at both scales: `197.6B` (real) or `20.5K` (demo)."""
+    n = tokens_b * 1e9
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return f"{n:.0f}"
+
+
 def describe(s: Setup) -> str:
     """A few lines saying what this notebook will run on."""
     lines = [f"mode {s.mode}: device {s.device}, dtype {s.dtype}"]
@@ -664,8 +673,9 @@ def captured(fn, *args, **kwargs):
 # --------------------------------------------------------------------------- offline judge
 
 STAND_IN_WORDS = ("atom", "element", "chemical", "compound", "planet", "star", "orbit",
-                  "organism", "cell", "energy", "molecule", "symbol", "number", "legs",
-                  "moons", "climate", "state of matter", "colour", "color", "group")
+                  "organism", "cell", "energy", "molecule", "symbol", "legs", "moons",
+                  "climate", "temperature", "gas", "liquid", "solid", "colour", "color",
+                  "group")
 
 
 class StandInJudge:
