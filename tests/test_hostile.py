@@ -7,7 +7,10 @@ written outside the output folder (the run's temp dir is redirected and must be 
 from __future__ import annotations
 
 import io
+import json
+import os
 import stat
+import subprocess
 import sys
 import tempfile
 import zipfile
@@ -292,15 +295,22 @@ def test_exit_in_task_code(run, tmp_path):
 
 
 @pytest.mark.slow
-def test_code_reading_secrets_and_writing_outside(run, tmp_path, one_ckpt):
-    """Helpers dump the environment and the manifest into the prompts, and try to write
-    next to the outputs: the dumps hold no secret, the writes do not land."""
+def test_code_reading_secrets_and_writing_outside(tmp_path, one_ckpt):
+    """Helpers dump the environment (their own and every process's they can read) and the
+    manifest into the prompts, and try to write next to the outputs: the dumps hold no
+    secret, the writes do not land. The runner is a CLI process started with the secrets
+    in its environment, as on the platform."""
     target = tmp_path / "out" / "planted.txt"
     outside = tmp_path / "planted_outside.txt"
     helper = f"""
-import os, json
+import os, json, glob
 def process_docs(ds):
     env = json.dumps(dict(os.environ))
+    for path in glob.glob('/proc/[0-9]*/environ'):  # other processes' environments
+        try:
+            env += open(path, 'rb').read().decode(errors='replace')
+        except OSError:
+            pass
     try:
         manifest = open({str(one_ckpt / 'manifest.yaml')!r}).read()
     except OSError as exc:
@@ -318,9 +328,23 @@ def process_docs(ds):
     text = build.TASK_YAML.format(name="mini_mc", output_type="multiple_choice").replace(
         'doc_to_text: "Question: {{question}}', "doc_to_text: \"{% if '(0)' in question %}"
         "{{cycler.__init__.__globals__.os.environ}}{% endif %} Question: {{question}}")
-    doc, out, seen = run(with_helper(tmp_path, helper, yaml_text=text,
-                                     hf_token=PARTICIPANT_TOKEN))
-    assert doc["status"] == "ok", doc["error"]
+    folder = with_helper(tmp_path, helper, yaml_text=text, hf_token=PARTICIPANT_TOKEN)
+    out = tmp_path / "out"
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    env = {**os.environ, **SECRETS, "TMPDIR": str(scratch), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "e2lmc", "ingest", "--submission",
+                           str(folder), "--input-data", str(one_ckpt), "--output", str(out),
+                           "--engine", "hf"], env=env, capture_output=True, text=True,
+                          timeout=600)
+    seen = proc.stdout + proc.stderr + "".join(
+        p.read_text(errors="replace") for p in out.rglob("*") if p.is_file())
+    for secret in [*SECRETS.values(), PARTICIPANT_TOKEN]:
+        assert secret not in seen, "a secret leaked into the output or the logs"
+    assert list(scratch.iterdir()) == []
+    doc = json.loads((out / R.INGESTION_JSON).read_text())
+    assert proc.returncode == 0 and doc["status"] == "ok", doc["error"]
     prompt = R.read_items(out)[0].prompt
     assert "PYTHONPATH" in prompt  # the dump happened (via the helper and via Jinja)
     assert "HF_TOKEN" not in prompt and "OPENAI" not in prompt and "JUDGE" not in prompt

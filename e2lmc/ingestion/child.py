@@ -20,6 +20,7 @@ import math
 import os
 import re
 import resource
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -33,8 +34,9 @@ SUPPORTED_OUTPUT_TYPES = ("multiple_choice", "loglikelihood", "loglikelihood_rol
 NOBODY = 65534
 CLONE_NEWNET = 0x40000000
 CLONE_NEWNS = 0x00020000
+CLONE_NEWPID = 0x20000000
 PR_SET_PDEATHSIG = 1
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT = 1, 2, 4, 32
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
@@ -103,10 +105,15 @@ def _confine_files(cfg: dict[str, Any]) -> dict[str, str]:
     and the report says so.
     """
     home = cfg["home"]
-    if _LIBC.unshare(CLONE_NEWNS) != 0:
+    own_pids = _LIBC.unshare(CLONE_NEWNS | CLONE_NEWPID) == 0
+    if not own_pids and _LIBC.unshare(CLONE_NEWNS) != 0:
         return {"filesystem": "not isolated (no privilege for a mount namespace)",
-                "hidden": "none"}
+                "hidden": "none", "processes": "visible"}
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    if own_pids:
+        _become_pid_namespace_init()
+        # a /proc of our own: other processes (and their environments) are not visible
+        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     hidden = []
     for path in cfg.get("hide", []):
         if os.path.isdir(path) and _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV,
@@ -122,7 +129,26 @@ def _confine_files(cfg: dict[str, Any]) -> dict[str, str]:
     ro = "/" not in failed
     return {"filesystem": "read-only except the task's home" if ro
             else "not isolated (read-only remount refused)",
-            "hidden": ", ".join(hidden) or "none"}
+            "hidden": ", ".join(hidden) or "none",
+            "processes": "own PID namespace" if own_pids else "visible"}
+
+
+def _become_pid_namespace_init() -> None:
+    """After unshare(CLONE_NEWPID) only children enter the new namespace: fork once.
+
+    The parent stays behind as a relay: it waits and exits the way the child did, so the
+    runner sees the task's exit status or signal, and killing the process group kills both.
+    """
+    pid = os.fork()
+    if pid == 0:
+        _LIBC.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)
+        return
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+    os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)
 
 
 # --------------------------------------------------------------------------- lm-eval guards

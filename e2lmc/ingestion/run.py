@@ -95,6 +95,17 @@ def versions() -> dict[str, str]:
     return out
 
 
+def _not_dumpable() -> None:
+    """Make this process's /proc entries (environment, memory) unreadable to a task process
+    that keeps our user but lacks CAP_SYS_PTRACE (Docker's default)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 4
+    except (OSError, AttributeError):
+        pass
+
+
 def _check_engine(engine: str) -> None:
     if engine == "fast":
         try:
@@ -221,6 +232,7 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
                            "timings": {}, "engine": {}, "models": {}}
     workdir = Path(tempfile.mkdtemp(prefix="e2lmc-ingest-"))
     tp: TaskProcess | None = None
+    _not_dumpable()
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     secrets: list[str] = [os.environ.get("HF_TOKEN", "")]
