@@ -388,3 +388,17 @@ def test_zip_entry_bytes_are_counted_not_trusted(tmp_path):
     (tmp_path / "sub.zip").write_bytes(bytes(raw))
     with pytest.raises((UserError, zipfile.BadZipFile)):
         load_submission(tmp_path / "sub.zip", tmp_path / "work", UnpackLimits(max_file_bytes=2000))
+
+
+@pytest.mark.slow
+def test_without_namespaces_the_task_still_runs_confined(run, tmp_path):
+    """The unprivileged fallback (a container without CAP_SYS_ADMIN): no namespaces, but the
+    scrubbed environment, limits and captured output still apply."""
+    helper = (f"import os\ndef process_docs(ds):\n    leaked = set(os.environ) & {set(SECRETS)!r}"
+              "\n    assert not leaked, leaked\n    return ds\n")
+    doc, _, _ = run(with_helper(tmp_path, helper),
+                    Limits(memory_bytes=4 << 30, namespaces=False))
+    assert doc["status"] == "ok", doc["error"]
+    assert doc["isolation"]["network"].startswith("not isolated")
+    assert doc["isolation"]["filesystem"].startswith("not isolated")
+

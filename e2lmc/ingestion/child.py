@@ -55,14 +55,19 @@ def confine(cfg: dict[str, Any]) -> dict[str, str]:
     done: dict[str, str] = {}
     libc = _LIBC
     libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)  # die with the runner
+    use_ns = cfg.get("limits", {}).get("namespaces", True)
     if not cfg.get("allow_network"):
-        if libc.unshare(CLONE_NEWNET) == 0:
+        if use_ns and libc.unshare(CLONE_NEWNET) == 0:
             done["network"] = "namespace"  # only a loopback device, down
         else:
             done["network"] = "not isolated (no privilege for a network namespace)"
     else:
         done["network"] = "allowed by the manifest"
-    done.update(_confine_files(cfg))
+    if use_ns:
+        done.update(_confine_files(cfg))
+    else:
+        done.update(filesystem="not isolated (namespaces switched off)", hidden="none",
+                    processes="visible")
     lim = cfg.get("limits", {})
     if os.geteuid() == 0 and lim.get("drop_privileges", True):
         home = cfg["home"]

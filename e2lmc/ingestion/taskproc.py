@@ -43,6 +43,7 @@ class Limits:
     max_prompt_chars: int = 200_000  # ~ 40k tokens: far above max_length 2048
     max_requests: int = 2_000_000
     drop_privileges: bool = True
+    namespaces: bool = True  # network/mount/PID namespaces where the platform allows them
 
 
 class TaskProcessError(UserError):
