@@ -31,3 +31,11 @@ def tiny_grid(tmp_path_factory):
     from e2lmc.suite.tiny import make_tiny_grid
 
     return make_tiny_grid(tmp_path_factory.mktemp("tiny_grid"), n_models=3, n_checkpoints=3)
+
+
+@pytest.fixture(scope="session")
+def micro_suite(tmp_path_factory) -> Path:
+    """The trained micro demo suite (built once per session); its manifest.yaml path."""
+    from e2lmc.suite.build import build_suite
+
+    return build_suite(root=tmp_path_factory.mktemp("suite"), micro=True, progress=False)

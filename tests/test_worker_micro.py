@@ -2,20 +2,20 @@
 
 The whole Codabench path on CPU: this checkout's ingestion and scoring programs (each with
 a vendored e2lmc copy), an example submission zip, the micro suite's manifest as input
-data and its scoring.yaml as reference data.
+data and its scoring.yaml as reference data (random tiny checkpoints while the suite is
+not in the checkout).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
 
-from bundle_standins import REPO
+from bundle_standins import REPO, demo_case
 from e2lmc.bundle.worker import run_local
 
 pytestmark = pytest.mark.slow
@@ -23,33 +23,12 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFL
            "OMP_NUM_THREADS": "1"}
 
 
-def micro_suite() -> Path:
-    for program in ("ingestion_program", "scoring_program"):
-        if not (REPO / program / "metadata.yaml").is_file():
-            pytest.skip(f"{program}/ is not in this checkout")
-    build = pytest.importorskip("e2lmc.suite.build")
-    return build.build_suite(micro=True, progress=False).parent
-
-
-def example_zip(dest: Path, name: str = "science_cloze") -> Path:
-    examples = pytest.importorskip("e2lmc.suite.examples")
-    folder = examples.example_dir(name)
-    if not folder.is_dir():
-        folder = examples.write_example(name, dest / name)
-    path = dest / f"{name}.zip"
-    with zipfile.ZipFile(path, "w") as zf:
-        for f in sorted(folder.rglob("*")):
-            if f.is_file() and "__pycache__" not in f.parts:
-                zf.write(f, f.relative_to(folder).as_posix())
-    return path
-
-
 def test_example_submission_on_the_micro_suite(tmp_path):
     from e2lmc.scoring.program import LEADERBOARD_KEYS
 
-    suite = micro_suite()
-    result = run_local(example_zip(tmp_path), "e2lm", bundle=REPO, workdir=tmp_path / "w",
-                       input_data=suite, ref=suite, env=OFFLINE, timeout=600)
+    grid, ref, sub = demo_case(tmp_path)
+    result = run_local(sub, "e2lm", bundle=REPO, workdir=tmp_path / "w",
+                       input_data=grid, ref=ref, env=OFFLINE, timeout=600)
     assert result.prediction.exit_code == 0, result.prediction.stderr.read_text()[-2000:]
     assert set(result.leaderboard) == set(LEADERBOARD_KEYS)
     assert all(math.isfinite(v) for v in result.leaderboard.values())
@@ -60,7 +39,7 @@ def test_example_submission_on_the_micro_suite(tmp_path):
     status = json.loads((res / "ingestion.json").read_text())
     assert status["status"] == "ok"
     rows = [json.loads(line) for line in (res / "results.jsonl").read_text().splitlines()]
-    manifest = yaml.safe_load((suite / "manifest.yaml").read_text())
+    manifest = yaml.safe_load((grid / "manifest.yaml").read_text())
     expected = sum(len(m["checkpoints"]) for m in manifest["models"])
     assert len({(r["model"], r["checkpoint"]) for r in rows}) == expected
     assert (result.workdir / "app" / "output" / "detailed_results.html").is_file()
