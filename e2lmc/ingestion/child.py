@@ -69,15 +69,16 @@ def confine(cfg: dict[str, Any]) -> dict[str, str]:
         done.update(filesystem="not isolated (namespaces switched off)", hidden="none",
                     processes="visible")
     lim = cfg.get("limits", {})
+    done["user"] = "same as the runner"
     if os.geteuid() == 0 and lim.get("drop_privileges", True):
-        home = cfg["home"]
-        os.setgroups([])
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
-        os.chdir(home)
-        done["user"] = "nobody"
-    else:
-        done["user"] = "same as the runner"
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            done["user"] = "nobody"
+        except OSError:  # no CAP_SETUID/CAP_SETGID in this container
+            done["user"] = "same as the runner (could not switch to nobody)"
+        os.chdir(cfg["home"])
     for name, key in (("RLIMIT_AS", "memory_bytes"), ("RLIMIT_CPU", "cpu_seconds"),
                       ("RLIMIT_FSIZE", "file_bytes")):
         value = lim.get(key)
