@@ -402,3 +402,22 @@ def test_without_namespaces_the_task_still_runs_confined(run, tmp_path):
     assert doc["isolation"]["network"].startswith("not isolated")
     assert doc["isolation"]["filesystem"].startswith("not isolated")
 
+
+@pytest.mark.slow
+def test_aggregation_that_rejects_placeholders_still_runs(run, tmp_path):
+    """The metric-key check runs the task's aggregation on placeholder answers; a custom
+    aggregation that cannot digest them must not get a valid task refused."""
+    helper = ("import numpy as np\n"
+              "def diff(items):\n"
+              "    lls = [ll for _, row in items for ll in row]\n"
+              "    if max(lls) > -1.7:\n"
+              "        raise ValueError('placeholder answers')\n"
+              "    return float(np.mean([row[g] - np.mean(row) for g, row in items]))\n")
+    text = build.TASK_YAML.format(name="mini_mc", output_type="multiple_choice").replace(
+        "  - metric: acc\n", "  - metric: likelihood\n    aggregation: !function utils.diff\n")
+    doc, out, _ = run(with_helper(tmp_path, helper, hook=None, yaml_text=text,
+                                  metric="likelihood,none"))
+    assert doc["status"] == "ok", doc["error"]
+    (row,) = R.read_results(out)
+    assert row.value is not None and row.status == "ok"
+
