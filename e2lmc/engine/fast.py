@@ -44,7 +44,7 @@ class FastLM(LM):
 
     def __init__(self, model: Any, tokenizer: Any, *, device: str = "cpu",
                  max_length: int = 2048, batch_tokens: int = 65536,
-                 shared: dict[str, Any] | None = None, row_tokens: int = 2048,
+                 shared: dict[str, Any] | None = None, row_tokens: int = 512,
                  add_bos_token: bool | None = None, name: str = "model") -> None:
         super().__init__()
         from lm_eval.models.utils import configure_pad_token
@@ -71,7 +71,16 @@ class FastLM(LM):
         self._base = getattr(model, base_prefix)
         self._head = model.get_output_embeddings()
         self._softcap = getattr(model.config, "final_logit_softcapping", None)
-        self._sdpa = getattr(model.config, "_attn_implementation", "sdpa") == "sdpa"
+        impl = getattr(model.config, "_attn_implementation", "sdpa") or "sdpa"
+        if impl not in ("sdpa", "eager"):
+            raise ValueError(f"the fast engine packs sequences with a tree attention mask, "
+                             f"which needs attn_implementation sdpa or eager, not {impl!r}")
+        window = getattr(model.config, "sliding_window", None)
+        if window and getattr(model.config, "use_sliding_window", True) and window < max_length:
+            raise ValueError(f"{type(model).__name__} uses sliding-window attention "
+                             f"({window} < max_length {max_length}), which the fast engine's "
+                             "packed rows do not reproduce; use --engine hf")
+        self._sdpa = impl == "sdpa"
         import inspect
 
         params = inspect.signature(self._base.forward).parameters
@@ -90,7 +99,12 @@ class FastLM(LM):
         sub = {"subfolder": subfolder} if subfolder else {}
         tokenizer = AutoTokenizer.from_pretrained(pretrained, use_fast=True, **sub)
         torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-        model = AutoModelForCausalLM.from_pretrained(pretrained, dtype=torch_dtype, **sub)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(pretrained, dtype=torch_dtype,
+                                                         attn_implementation="sdpa", **sub)
+        except ValueError:  # an architecture without SDPA support
+            model = AutoModelForCausalLM.from_pretrained(pretrained, dtype=torch_dtype,
+                                                         attn_implementation="eager", **sub)
         model.to(device)
         return cls(model, tokenizer, device=device, max_length=max_length,
                    batch_tokens=batch_tokens, shared=shared,

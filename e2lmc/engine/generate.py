@@ -98,7 +98,11 @@ def _generate_batch(lm: "FastLM", encs: list[list[int]], until: list[str], max_g
     gen = lm.model.generate(input_ids=ids, attention_mask=mask, max_length=max_length,
                             stopping_criteria=stopping, pad_token_id=pad, use_cache=True,
                             **kwargs)
-    lm.counters["tokens_forwarded"] += int(mask.sum()) + (gen.shape[1] - width) * len(encs)
+    tokens = int(mask.sum()) + (gen.shape[1] - width) * len(encs)
+    lm.counters["tokens_forwarded"] += tokens
+    lm.counters["unique_tokens"] += tokens  # generation shares nothing
+    lm.counters["tokens_requested"] += tokens
+    lm.counters["requests"] += len(encs)
     texts = []
     for row in gen.tolist():
         s = lm.tokenizer.decode(row[width:], skip_special_tokens=True)
