@@ -142,7 +142,7 @@ def _lcp(a: np.ndarray, b: np.ndarray) -> int:
 
 def build_plan(requests: Sequence[tuple[Sequence[int], Sequence[int]]], max_length: int,
                row_tokens: int = 512, batch_tokens: int = 65536,
-               kv_tokens: int = 1 << 20) -> Plan:
+               kv_tokens: int = 1 << 17) -> Plan:
     """Plan (context ids, continuation ids) requests with HFLM's left truncation.
 
     HFLM feeds `(context + continuation)[-(max_length + 1):][:-1]` and scores the last
