@@ -223,3 +223,29 @@ def test_make_submission_round_trip(tmp_path):
     assert (sub.task_name, sub.metric) == ("sci_cloze", "acc,none")
     assert main(["make-submission", str(tmp_path / "nope"), "--task-name", "x", "--metric",
                  "acc,none", "--output", str(tmp_path / "x.zip")]) == 2
+
+
+def test_hf_engine_honours_hub_subfolder_and_local_dirs(monkeypatch, tiny_grid):
+    import lm_eval.models.huggingface as hf_mod
+
+    from e2lmc.engine.hf import load_hflm
+    from e2lmc.errors import UserError
+    from e2lmc.manifest import Checkpoint
+
+    seen = []
+    monkeypatch.setattr(hf_mod, "HFLM", lambda **kw: seen.append(kw) or "lm")
+    hub = Checkpoint(model="m", name="c", source="hf://tiiuae/dense-1b-arch1",
+                     subfolder="iter_0004000", tokens_b=8.4, stage="public")
+    assert load_hflm(hub, "cuda", "bfloat16", max_length=2048, batch_tokens=65536) == "lm"
+    assert seen[-1]["pretrained"] == "tiiuae/dense-1b-arch1"
+    assert seen[-1]["subfolder"] == "iter_0004000"
+    assert (seen[-1]["dtype"], seen[-1]["device"], seen[-1]["batch_size"]) == (
+        "bfloat16", "cuda", 32)
+    local = tiny_grid.checkpoints[0]
+    load_hflm(local, "cpu", "float32")
+    assert seen[-1]["pretrained"] == str(Path(local.source) / local.subfolder)
+    assert seen[-1]["subfolder"] == ""
+    missing = Checkpoint(model="m", name="c", source="/nonexistent", subfolder="x",
+                         tokens_b=1, stage="public")
+    with pytest.raises(UserError, match="config.json"):
+        load_hflm(missing, "cpu", "float32")

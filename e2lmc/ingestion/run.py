@@ -14,6 +14,7 @@ A re-run with the same submission resumes: rows already finished are kept, not r
 from __future__ import annotations
 
 import gc
+import json
 import os
 import platform
 import shutil
@@ -21,6 +22,7 @@ import signal
 import tempfile
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +97,17 @@ def versions() -> dict[str, str]:
     return out
 
 
+def _not_dumpable() -> None:
+    """Make this process's /proc entries (environment, memory) unreadable to a task process
+    that keeps our user but lacks CAP_SYS_PTRACE (Docker's default)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 4
+    except (OSError, AttributeError):
+        pass
+
+
 def _check_engine(engine: str) -> None:
     if engine == "fast":
         try:
@@ -160,6 +173,15 @@ def _private_paths(manifest: Manifest, output: Path, input_data: Path,
     return paths
 
 
+def _write_items(path: Path, items: list[R.Item]) -> None:
+    """All at once, atomically: items do not depend on checkpoints."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for item in items:
+            fh.write(json.dumps(asdict(item), ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
 # --------------------------------------------------------------------------- resume
 def _resume_rows(output: Path, fp: str, task: str, metric: str,
                  engine: str) -> dict[str, dict]:
@@ -168,8 +190,6 @@ def _resume_rows(output: Path, fp: str, task: str, metric: str,
     prior = None
     if path.is_file():
         try:
-            import json
-
             prior = json.loads(path.read_text())
         except ValueError:
             prior = None
@@ -221,6 +241,7 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
                            "timings": {}, "engine": {}, "models": {}}
     workdir = Path(tempfile.mkdtemp(prefix="e2lmc-ingest-"))
     tp: TaskProcess | None = None
+    _not_dumpable()
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     secrets: list[str] = [os.environ.get("HF_TOKEN", "")]
@@ -261,15 +282,7 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
 
         done = _resume_rows(output, sub.fingerprint, sub.task_name, sub.metric, engine)
         if not done or not (output / R.ITEMS_JSONL).is_file():
-            tmp = output / (R.ITEMS_JSONL + ".tmp")
-            tmp.unlink(missing_ok=True)
-            with open(tmp, "w", encoding="utf-8") as fh:
-                import json
-                from dataclasses import asdict
-
-                for item in prepared.items:
-                    fh.write(json.dumps(asdict(item), ensure_ascii=False) + "\n")
-            tmp.replace(output / R.ITEMS_JSONL)
+            _write_items(output / R.ITEMS_JSONL, prepared.items)
         doc["status"], doc["error"] = "partial", "ingestion in progress (or interrupted)"
         R.write_json(output / R.INGESTION_JSON, doc)
 
@@ -297,7 +310,8 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
             eta = (len(todo) - n) * (sum(spent) / len(spent))
             shown = ("" if ck.stage == "hidden" or row.value is None
                      else f" {sub.metric}={row.value:.4f}")
-            status = "" if row.status == "ok" else f" ERROR: {row.error}"
+            status = ("" if row.status == "ok" else " ERROR" if ck.stage == "hidden"
+                      else f" ERROR: {row.error}")
             log(f"[{len(order) - len(todo) + n}/{len(order)}] {ck.key} ({ck.stage}){shown}"
                 f"{status} in {row.seconds:.1f} s, ETA {_fmt_s(eta)}")
             if not tp.alive:  # the task process died: nothing more can be scored
