@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
-import sys
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -49,10 +47,6 @@ MIN_ITEMS, MAX_ITEMS = 100, 15_000  # competition limits on a benchmark's size
 
 
 # --------------------------------------------------------------------------- the switch
-
-
-def in_colab() -> bool:
-    return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
 
 
 def gpu_available() -> bool:
@@ -667,14 +661,6 @@ def subset(manifest: Manifest, models: list[str], n: int) -> Manifest:
 
 def format_scores(scores: dict[str, float]) -> str:
     return "\n".join(f"  {k:<24}{v:>8.4f}" for k, v in scores.items())
-
-
-def captured(fn, *args, **kwargs):
-    """Call `fn`, returning (result, what it printed): long logs stay out of the notebook."""
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        res = fn(*args, **kwargs)
-    return res, buf.getvalue()
 
 
 # --------------------------------------------------------------------------- offline judge

@@ -130,7 +130,8 @@ def test_real_manifest_round_trips_for_ingestion(tmp_path):
 def test_real_local_scoring_uses_the_official_sq_selection(tmp_path):
     from e2lmc.scoring.config import load_config
 
-    cfg = load_config(kit.local_scoring_config(tmp_path, kit.real_manifest(models=["dense-1b-arch1"])))
+    grid = kit.real_manifest(models=["dense-1b-arch1"])
+    cfg = load_config(kit.local_scoring_config(tmp_path, grid))
     assert (cfg.sq.checkpoints.iteration_step, cfg.sq.checkpoints.max_tokens_b) == (4000, 206)
     assert cfg.sq.models.arch == "arch1"
     assert cfg.judge.mode == "off" and cfg.leakage.mode == "report"
