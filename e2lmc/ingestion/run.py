@@ -265,7 +265,8 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
         t_prep = time.monotonic()
         tp = TaskProcess(sub.tasks_dir, sub.task_name, workdir,
                          allow_network=d.allow_network, hf_token=sub.hf_token, limits=limits,
-                         hide=_private_paths(manifest, output, input_data, data_dir))
+                         hide=_private_paths(manifest, output, input_data, data_dir),
+                         output=output)
         try:
             prepared = tp.start()
         except TaskProcessError:
