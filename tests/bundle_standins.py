@@ -10,7 +10,6 @@ record what they saw (argv, environment names, where e2lmc was imported from) in
 
 from __future__ import annotations
 
-import json
 import shutil
 import textwrap
 import zipfile
@@ -154,63 +153,21 @@ def require_programs() -> None:
             pytest.skip(f"{program}/ is not in this checkout")
 
 
-def micro_suite() -> Path:
-    """The micro demo suite's folder (manifest.yaml + scoring.yaml), built once, cached."""
-    require_programs()
-    build = pytest.importorskip("e2lmc.suite.build")
-    return build.build_suite(micro=True, progress=False).parent
+def example_zip(dest: Path, name: str = "science_cloze", max_docs: int | None = 120) -> Path:
+    """An example submission of the demo suite, zipped as a participant would; its test
+    split cut to `max_docs` documents (still within the 100-document minimum) so that a
+    run over the whole micro grid fits a unit-test budget."""
+    from e2lmc.suite.examples import example_dir
 
-
-def example_zip(dest: Path, name: str = "science_cloze") -> Path:
-    """An example submission of the demo suite, zipped as a participant would."""
-    examples = pytest.importorskip("e2lmc.suite.examples")
-    folder = examples.example_dir(name)
-    if not folder.is_dir():
-        folder = examples.write_example(name, dest / name)
-    return zip_folder(folder, dest / f"{name}.zip")
-
-
-def zip_folder(folder: Path, path: Path) -> Path:
+    folder = dest / name
+    shutil.copytree(example_dir(name), folder, ignore=shutil.ignore_patterns("__pycache__"))
+    test = folder / "test.jsonl"
+    if max_docs is not None and test.is_file():
+        lines = test.read_text().splitlines(keepends=True)
+        test.write_text("".join(lines[:max_docs]))
+    path = dest / f"{name}.zip"
     with zipfile.ZipFile(path, "w") as zf:
         for f in sorted(folder.rglob("*")):
-            if f.is_file() and "__pycache__" not in f.parts:
+            if f.is_file():
                 zf.write(f, f.relative_to(folder).as_posix())
     return path
-
-
-def tiny_case(dest: Path) -> tuple[Path, Path, Path]:
-    """Fallback while the demo suite is not in the checkout: random tiny checkpoints
-    (e2lmc.suite.tiny), default scoring, and a 120-item multiple-choice task."""
-    require_programs()
-    from e2lmc.suite.tiny import make_tiny_grid
-
-    grid = dest / "grid"
-    make_tiny_grid(grid, n_models=3, n_checkpoints=3)
-    ref = dest / "ref"
-    ref.mkdir()
-    (ref / "scoring.yaml").write_text("{}\n")
-    task = dest / "task"
-    (task / "data").mkdir(parents=True)
-    (task / "metadata.yaml").write_text("task_name: add_mc\ntask_metric: acc,none\n")
-    (task / "add_mc.yaml").write_text(yaml.safe_dump({
-        "task": "add_mc", "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": "data/test.jsonl"}}, "test_split": "test",
-        "output_type": "multiple_choice", "doc_to_text": "Question: {{question}}\nAnswer:",
-        "doc_to_choice": "{{choices}}", "doc_to_target": "{{answer}}",
-        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
-        "metadata": {"version": 1.0}}, sort_keys=False))
-    rows = [{"question": f"What is {i} plus {i % 7}?",
-             "choices": [str(i + i % 7 + d) for d in (0, 1, 2, 3)], "answer": 0}
-            for i in range(120)]
-    (task / "data" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return grid, ref, zip_folder(task, dest / "add_mc.zip")
-
-
-def demo_case(dest: Path) -> tuple[Path, Path, Path]:
-    """(input data, reference data, submission zip) on the micro suite, else tiny_case."""
-    try:
-        import e2lmc.suite.build  # noqa: F401
-    except ImportError:
-        return tiny_case(dest)
-    suite = micro_suite()
-    return suite, suite, example_zip(dest)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bundle_standins import REPO, demo_case, make_standin_bundle
+from bundle_standins import REPO, example_zip, make_standin_bundle, require_programs
 from e2lmc.bundle.worker import run_local
 from e2lmc.errors import UserError
 
@@ -125,11 +125,13 @@ def test_time_limit_in_docker(image, standin_bundle, tmp_path):
 
 
 @pytest.mark.parametrize("user", [None, "1234:1234"], ids=["root", "non-root"])
-def test_example_on_the_micro_suite_in_docker(image, tmp_path, user):
+def test_example_on_the_micro_suite_in_docker(image, tmp_path, user, micro_suite):
     """The real programs and an example submission, both steps in containers."""
     from e2lmc.scoring.program import LEADERBOARD_KEYS
 
-    grid, ref, sub = demo_case(tmp_path)
+    require_programs()
+    grid = ref = micro_suite.parent
+    sub = example_zip(tmp_path)
     # Staged weights must be readable by the container's user (organizers' job on workers).
     subprocess.run(["chmod", "-R", "a+rX", str(grid)], check=True)
     start = time.monotonic()

@@ -2,8 +2,7 @@
 
 The whole Codabench path on CPU: this checkout's ingestion and scoring programs (each with
 a vendored e2lmc copy), an example submission zip, the micro suite's manifest as input
-data and its scoring.yaml as reference data (random tiny checkpoints while the suite is
-not in the checkout).
+data and its scoring.yaml as reference data.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bundle_standins import REPO, demo_case
+from bundle_standins import REPO, example_zip, require_programs
 from e2lmc.bundle.worker import run_local
 
 pytestmark = pytest.mark.slow
@@ -23,12 +22,13 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFL
            "OMP_NUM_THREADS": "1"}
 
 
-def test_example_submission_on_the_micro_suite(tmp_path):
+def test_example_submission_on_the_micro_suite(tmp_path, micro_suite):
     from e2lmc.scoring.program import LEADERBOARD_KEYS
 
-    grid, ref, sub = demo_case(tmp_path)
-    result = run_local(sub, "e2lm", bundle=REPO, workdir=tmp_path / "w",
-                       input_data=grid, ref=ref, env=OFFLINE, timeout=600)
+    require_programs()
+    grid = micro_suite.parent
+    result = run_local(example_zip(tmp_path), "e2lm", bundle=REPO, workdir=tmp_path / "w",
+                       input_data=grid, ref=grid, env=OFFLINE, timeout=600)
     assert result.prediction.exit_code == 0, result.prediction.stderr.read_text()[-2000:]
     assert set(result.leaderboard) == set(LEADERBOARD_KEYS)
     assert all(math.isfinite(v) for v in result.leaderboard.values())
