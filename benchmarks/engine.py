@@ -5,8 +5,9 @@ Three routes answer the same task on the same checkpoints, timed in one run:
   (2) hf    lm-eval's stock HFLM, all checkpoints in one process (`simple_evaluate`,
             task index built once, only the benchmark task folder);
   (3) fast  e2lmc's FastLM in one process, same task index: requests rendered once
-            (lm-eval's request cache, in a private folder), tokenized and planned once,
-            shared prefixes forwarded once.
+            (lm-eval's request cache in a private folder, templates compiled once with
+            `e2lmc.engine.render.cached_templates`), tokenized and planned once, shared
+            prefixes forwarded once.
 It prints wall time per route, the speed-up of (3) over (1) and (2), the tokens each
 route forwards, and checks that the task metric is the same on every route.
 
@@ -153,6 +154,7 @@ def route_fast(checkpoints, task_dir: Path, args) -> tuple[float, list[float], d
     from lm_eval.tasks import TaskManager
 
     from e2lmc.engine import make_lm
+    from e2lmc.engine.render import cached_templates
 
     accs, totals = [], {"tokens_forwarded": 0, "unique_tokens": 0, "tokens_requested": 0}
     shared: dict = {}
@@ -161,8 +163,9 @@ def route_fast(checkpoints, task_dir: Path, args) -> tuple[float, list[float], d
     for ck in checkpoints:
         lm = make_lm("fast", ck, device=args.device, dtype=args.dtype,
                      max_length=args.max_length, batch_tokens=args.batch_tokens, shared=shared)
-        accs.append(_acc(simple_evaluate(model=lm, tasks=[TASK], task_manager=tm,
-                                         cache_requests=True, verbosity="ERROR")))
+        with cached_templates():
+            accs.append(_acc(simple_evaluate(model=lm, tasks=[TASK], task_manager=tm,
+                                             cache_requests=True, verbosity="ERROR")))
         for k in totals:
             totals[k] += lm.counters[k]
     return time.perf_counter() - t0, accs, totals

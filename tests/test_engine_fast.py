@@ -193,3 +193,15 @@ def test_errors_that_are_not_memory_propagate(checkpoints, monkeypatch):
     monkeypatch.setattr(FastLM, "_forward", broken)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         lm.loglikelihood([_req("a b", " c")])
+
+
+def test_sliding_window_models_are_refused(checkpoints):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    pretrained, subfolder = checkpoints[0].load_target()
+    model = AutoModelForCausalLM.from_pretrained(pretrained)
+    model.config.sliding_window = 32
+    with pytest.raises(ValueError, match="sliding-window"):
+        FastLM(model, AutoTokenizer.from_pretrained(pretrained), max_length=MAX_LEN)
+    model.config.sliding_window = 4096  # wider than the context: nothing to reproduce
+    assert FastLM(model, AutoTokenizer.from_pretrained(pretrained), max_length=MAX_LEN)

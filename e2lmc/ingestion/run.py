@@ -14,12 +14,15 @@ A re-run with the same submission resumes: rows already finished are kept, not r
 from __future__ import annotations
 
 import gc
+import json
 import os
 import platform
 import shutil
-import sys
+import signal
 import tempfile
+import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +97,17 @@ def versions() -> dict[str, str]:
     return out
 
 
+def _not_dumpable() -> None:
+    """Make this process's /proc entries (environment, memory) unreadable to a task process
+    that keeps our user but lacks CAP_SYS_PTRACE (Docker's default)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 4
+    except (OSError, AttributeError):
+        pass
+
+
 def _check_engine(engine: str) -> None:
     if engine == "fast":
         try:
@@ -159,21 +173,30 @@ def _private_paths(manifest: Manifest, output: Path, input_data: Path,
     return paths
 
 
+def _write_items(path: Path, items: list[R.Item]) -> None:
+    """All at once, atomically: items do not depend on checkpoints."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for item in items:
+            fh.write(json.dumps(asdict(item), ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
 # --------------------------------------------------------------------------- resume
-def _resume_rows(output: Path, fp: str, task: str, metric: str) -> dict[str, dict]:
+def _resume_rows(output: Path, fp: str, task: str, metric: str,
+                 engine: str) -> dict[str, dict]:
     """Finished rows of an earlier run of the same submission; otherwise start clean."""
     path = output / R.INGESTION_JSON
     prior = None
     if path.is_file():
         try:
-            import json
-
             prior = json.loads(path.read_text())
         except ValueError:
             prior = None
     same = (isinstance(prior, dict) and isinstance(prior.get("submission"), dict)
             and prior["submission"].get("fingerprint") == fp
-            and prior.get("task") == task and prior.get("metric") == metric)
+            and prior.get("task") == task and prior.get("metric") == metric
+            and (prior.get("engine") or {}).get("name") == engine)
     rows: dict[str, dict] = {}
     if same:
         try:
@@ -195,6 +218,17 @@ def _resume_rows(output: Path, fp: str, task: str, metric: str) -> dict[str, dic
 
 
 # --------------------------------------------------------------------------- the run
+class Stopped(BaseException):
+    """SIGTERM (the platform's time limit): finish cleanly with status `partial`.
+
+    A BaseException so that the per-checkpoint error handling does not swallow it.
+    """
+
+
+def _on_sigterm(signum, frame):
+    raise Stopped()
+
+
 def ingest(submission: Path, input_data: Path, output: Path, engine: str | None = None,
            device: str | None = None, time_budget: float | None = None,
            data_dir: Path | None = None, limits: Limits | None = None,
@@ -207,6 +241,9 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
                            "timings": {}, "engine": {}, "models": {}}
     workdir = Path(tempfile.mkdtemp(prefix="e2lmc-ingest-"))
     tp: TaskProcess | None = None
+    _not_dumpable()
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     secrets: list[str] = [os.environ.get("HF_TOKEN", "")]
     try:
         manifest = load_manifest(input_data, data_dir=data_dir)
@@ -243,17 +280,9 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
         log(f"ingest: {checked['n_docs']} documents, {len(prepared.requests)} requests "
             f"({checked['output_type']}), prepared in {doc['timings']['prepare_s']:.1f} s")
 
-        done = _resume_rows(output, sub.fingerprint, sub.task_name, sub.metric)
+        done = _resume_rows(output, sub.fingerprint, sub.task_name, sub.metric, engine)
         if not done or not (output / R.ITEMS_JSONL).is_file():
-            tmp = output / (R.ITEMS_JSONL + ".tmp")
-            tmp.unlink(missing_ok=True)
-            with open(tmp, "w", encoding="utf-8") as fh:
-                import json
-                from dataclasses import asdict
-
-                for item in prepared.items:
-                    fh.write(json.dumps(asdict(item), ensure_ascii=False) + "\n")
-            tmp.replace(output / R.ITEMS_JSONL)
+            _write_items(output / R.ITEMS_JSONL, prepared.items)
         doc["status"], doc["error"] = "partial", "ingestion in progress (or interrupted)"
         R.write_json(output / R.INGESTION_JSON, doc)
 
@@ -281,7 +310,8 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
             eta = (len(todo) - n) * (sum(spent) / len(spent))
             shown = ("" if ck.stage == "hidden" or row.value is None
                      else f" {sub.metric}={row.value:.4f}")
-            status = "" if row.status == "ok" else f" ERROR: {row.error}"
+            status = ("" if row.status == "ok" else " ERROR" if ck.stage == "hidden"
+                      else f" ERROR: {row.error}")
             log(f"[{len(order) - len(todo) + n}/{len(order)}] {ck.key} ({ck.stage}){shown}"
                 f"{status} in {row.seconds:.1f} s, ETA {_fmt_s(eta)}")
             if not tp.alive:  # the task process died: nothing more can be scored
@@ -306,7 +336,12 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
         doc["status"], doc["error"] = "failed", redact(str(exc), secrets)
         if isinstance(exc, TaskProcessError):
             doc["error_kind"] = exc.kind
+    except Stopped:
+        doc["status"] = "partial" if (output / R.RESULTS_JSONL).is_file() else "failed"
+        doc["error"] = "stopped by SIGTERM (platform time limit?); re-run to resume"
     finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
         if tp is not None:
             tp.cleanup()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -27,6 +27,7 @@ from e2lmc.results import Item
 REQUEST_TYPES = ("loglikelihood", "loglikelihood_rolling", "generate_until")
 NOBODY = 65534
 GIB = 1 << 30
+CAP_CHOWN, CAP_SETGID, CAP_SETUID = 0, 6, 7
 
 
 @dataclass
@@ -43,6 +44,7 @@ class Limits:
     max_prompt_chars: int = 200_000  # ~ 40k tokens: far above max_length 2048
     max_requests: int = 2_000_000
     drop_privileges: bool = True
+    namespaces: bool = True  # network/mount/PID namespaces where the platform allows them
 
 
 class TaskProcessError(UserError):
@@ -58,6 +60,18 @@ class Prepared:
     info: dict[str, Any]
     requests: list[tuple[str, tuple]]
     items: list[Item]
+
+
+def _has_capabilities(*bits: int) -> bool:
+    """Whether this process holds these capabilities (root in a container may not)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                eff = int(line.split()[1], 16)
+                return all(eff >> b & 1 for b in bits)
+    except (OSError, ValueError):
+        pass
+    return False
 
 
 def _world_readable(path: Path) -> bool:
@@ -122,7 +136,8 @@ class TaskProcess:
 
     def _can_drop(self) -> bool:
         """Run the child as `nobody` when root and the interpreter is world-readable."""
-        if not (self.limits.drop_privileges and os.geteuid() == 0):
+        if not (self.limits.drop_privileges and os.geteuid() == 0
+                and _has_capabilities(CAP_CHOWN, CAP_SETGID, CAP_SETUID)):
             return False
         import lm_eval
 
