@@ -1,8 +1,7 @@
 """Task-process cost with and without compiling each Jinja template once.
 
 lm-eval recompiles a task's templates for every document it renders; the task process
-keeps `e2lmc.engine.render.cached_templates` open for its whole life (same environment,
-same output). This measures, in one run on
+memoises the compile step (same environment, same output). This measures, in one run on
 one machine, loading + building the requests + items + one checkpoint's metrics for a
 multiple-choice task of N documents, both ways, and checks that the outputs are equal.
 
@@ -12,7 +11,6 @@ multiple-choice task of N documents, both ways, and checks that the outputs are 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
@@ -50,14 +48,14 @@ def write_task(root: Path, n: int) -> None:
 def run(root: Path, cached: bool) -> tuple[float, dict]:
     from e2lmc.ingestion import child
 
-    original = child.cached_templates
+    original = child._cache_templates
     if not cached:
-        child.cached_templates = contextlib.nullcontext  # lm-eval's own behaviour
+        child._cache_templates = lambda: None  # measure lm-eval's own behaviour
     t = time.perf_counter()
     try:
         session = child.Session({"tasks_dir": str(root), "task_name": "bench_mc"})
     finally:
-        child.cached_templates = original
+        child._cache_templates = original
     prep = session.prepare()
     answers = [[-1.0 - (i % 5), False] for i in range(len(prep["requests"]))]
     metrics = session.score(answers)
