@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
-import sys
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -49,10 +47,6 @@ MIN_ITEMS, MAX_ITEMS = 100, 15_000  # competition limits on a benchmark's size
 
 
 # --------------------------------------------------------------------------- the switch
-
-
-def in_colab() -> bool:
-    return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
 
 
 def gpu_available() -> bool:
@@ -319,7 +313,8 @@ def check_size(counts: dict[str, int]) -> str:
 
 
 def render_items(task_dir: str | Path, task_name: str, limit: int | None = None) -> list:
-    """The items as the judge sees them (prompt without shots, choices, gold answer)."""
+    """The items as the judge sees them (prompt without shots, choices, gold answer), as
+    the ingestion writes them to items.jsonl."""
     from e2lmc.results import Item
 
     task_dir = Path(task_dir).resolve()
@@ -329,12 +324,18 @@ def render_items(task_dir: str | Path, task_name: str, limit: int | None = None)
             for i, doc in enumerate(task.eval_docs):
                 if limit is not None and i >= limit:
                     break
-                mc = task.OUTPUT_TYPE == "multiple_choice"
-                choices = list(task.doc_to_choice(doc)) if mc else None
-                target = task.doc_to_target(doc)
-                index = target if mc and isinstance(target, int) else None
-                gold = choices[index] if index is not None else str(target)
-                items.append(Item(task=name, doc_id=i, prompt=task.doc_to_text(doc), gold=gold,
+                prompt, target = task.doc_to_text(doc), task.doc_to_target(doc)
+                choices, index = None, None
+                if task.OUTPUT_TYPE == "multiple_choice":
+                    choices = [str(c) for c in task.doc_to_choice(doc)]
+                    if isinstance(target, int) and 0 <= target < len(choices):
+                        index = target
+                    elif isinstance(target, str) and target in choices:
+                        index = choices.index(target)
+                gold = choices[index] if index is not None else target
+                if isinstance(gold, list):
+                    gold = gold[0] if gold else ""
+                items.append(Item(task=name, doc_id=i, prompt=str(prompt), gold=str(gold),
                                   choices=choices, gold_index=index))
     return items
 
@@ -660,14 +661,6 @@ def subset(manifest: Manifest, models: list[str], n: int) -> Manifest:
 
 def format_scores(scores: dict[str, float]) -> str:
     return "\n".join(f"  {k:<24}{v:>8.4f}" for k, v in scores.items())
-
-
-def captured(fn, *args, **kwargs):
-    """Call `fn`, returning (result, what it printed): long logs stay out of the notebook."""
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        res = fn(*args, **kwargs)
-    return res, buf.getvalue()
 
 
 # --------------------------------------------------------------------------- offline judge

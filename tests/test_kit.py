@@ -130,7 +130,8 @@ def test_real_manifest_round_trips_for_ingestion(tmp_path):
 def test_real_local_scoring_uses_the_official_sq_selection(tmp_path):
     from e2lmc.scoring.config import load_config
 
-    cfg = load_config(kit.local_scoring_config(tmp_path, kit.real_manifest(models=["dense-1b-arch1"])))
+    grid = kit.real_manifest(models=["dense-1b-arch1"])
+    cfg = load_config(kit.local_scoring_config(tmp_path, grid))
     assert (cfg.sq.checkpoints.iteration_step, cfg.sq.checkpoints.max_tokens_b) == (4000, 206)
     assert cfg.sq.models.arch == "arch1"
     assert cfg.judge.mode == "off" and cfg.leakage.mode == "report"
@@ -303,3 +304,17 @@ def test_stand_in_judge_runs_the_real_judge_offline(tmp_path, monkeypatch):
     assert gate.value == pytest.approx(2 / 3)
     assert gate.detail["rejected"] == 1
 
+
+
+def test_rendered_items_match_the_ingestion_output(tmp_path, tiny_grid):
+    """Notebook 7 judges what the scoring's judge will see: the ingestion's items.jsonl."""
+    from e2lmc.ingestion.run import ingest
+    from e2lmc.results import read_items
+
+    task = kit.write_my_task(tmp_path / "task", "real")
+    (task / "metadata.yaml").write_text(f"task_name: {kit.MY_TASK}\ntask_metric: acc,none\n")
+    grid = kit.subset(tiny_grid, [tiny_grid.models[0].name], n=1)
+    doc = ingest(task, kit.manifest_dir(grid, tmp_path / "input"), tmp_path / "res",
+                 device="cpu", log=lambda *a: None)
+    assert doc["status"] == "ok", doc.get("error")
+    assert read_items(tmp_path / "res") == kit.render_items(task, kit.MY_TASK)
