@@ -76,7 +76,7 @@ def test_every_code_cell_compiles(name):
             ast.parse(cell.source, filename=f"{name} cell {i}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # the environment is restored when this file's tests end
 def kit_env(tmp_path_factory, request):
     """Environment for demo-mode runs: a kernelspec on this interpreter, caches in tmp and
     the session's micro suite (or the cache E2LMC_CACHE already names)."""
