@@ -46,8 +46,17 @@ MMLU_SUBJECTS = (
 )
 
 
+class _Dumper(yaml.SafeDumper):
+    """Writes strings with line breaks double-quoted (`"Question: ...\\nAnswer:"`), as
+    lm-eval's own task files do."""
+
+
+_Dumper.add_representer(str, lambda d, s: d.represent_scalar(
+    "tag:yaml.org,2002:str", s, style='"' if "\n" in s else None))
+
+
 def _dump(doc: dict) -> str:
-    return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=100)
+    return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
 
 
 def template(local: bool) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from e2lmc.errors import UserError
 from e2lmc.suite.examples import example_dir
 
 
@@ -29,7 +30,9 @@ def run_demo(output: Path, example: str = "science_cloze", micro: bool = False,
     output = Path(output)
     res, scored = output / "ingestion", output / "scores"
     t0 = time.time()
-    ingest(submission, suite, res)
+    doc = ingest(submission, suite, res)
+    if doc.get("status") == "failed":
+        raise UserError(f"{res}: ingestion of example {example!r} failed: {doc.get('error')}")
     seconds["ingest"] = time.time() - t0
     t0 = time.time()
     scores = score(res, suite, scored)

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
-import sys
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -49,10 +47,6 @@ MIN_ITEMS, MAX_ITEMS = 100, 15_000  # competition limits on a benchmark's size
 
 
 # --------------------------------------------------------------------------- the switch
-
-
-def in_colab() -> bool:
-    return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
 
 
 def gpu_available() -> bool:
@@ -166,11 +160,8 @@ class Setup:
 
     def spread(self, model: str | None = None, n: int = 4) -> list[Checkpoint]:
         """`n` public checkpoints spread evenly over training, first and last included."""
-        ckpts = self.public(model)
-        if n >= len(ckpts):
-            return ckpts
-        idx = sorted({round(i * (len(ckpts) - 1) / (n - 1)) for i in range(n)})
-        return [ckpts[i] for i in idx]
+        return list(subset(self.manifest, [model or self.default_model], n).models[0]
+                    .checkpoints)
 
 
 def setup(mode: str) -> Setup:
@@ -179,6 +170,15 @@ def setup(mode: str) -> Setup:
     if mode == "real":
         return Setup(mode, real_manifest(), device="cuda", dtype="bfloat16", batch_size="auto")
     return Setup(mode, demo_manifest(), device="cpu", dtype="float32", batch_size=128)
+
+
+def fmt_tokens(tokens_b: float) -> str:
+    """Tokens seen, readable at both scales: `197.6B` (real) or `20.5K` (demo)."""
+    n = tokens_b * 1e9
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return f"{n:.0f}"
 
 
 def describe(s: Setup) -> str:
@@ -290,25 +290,16 @@ def metric(results: dict[str, Any], task: str, key: str = "acc,none") -> float:
 # --------------------------------------------------------------------------- tasks
 
 
+def _leaf_tasks(task_dir: Path, task_name: str) -> dict[str, Any]:
+    """lm-eval's tasks behind a task or group name, loaded from `task_dir`."""
+    return task_manager(task_dir).load([task_name])["tasks"]
+
+
 def count_docs(task_dir: str | Path, task_name: str) -> dict[str, int]:
     """Evaluated documents per task (a group counts each of its tasks)."""
-    from lm_eval.tasks import get_task_dict
-
     task_dir = Path(task_dir).resolve()
     with _cwd(task_dir):
-        tasks = get_task_dict([task_name], task_manager(task_dir))
-        counts: dict[str, int] = {}
-
-        def walk(d: dict) -> None:
-            for k, v in d.items():
-                if isinstance(v, dict):
-                    walk(v)
-                else:
-                    docs = v.eval_docs
-                    counts[getattr(k, "task_name", None) or v.config.task] = len(docs)
-
-        walk(tasks)
-    return counts
+        return {name: len(t.eval_docs) for name, t in _leaf_tasks(task_dir, task_name).items()}
 
 
 def check_size(counts: dict[str, int]) -> str:
@@ -322,32 +313,30 @@ def check_size(counts: dict[str, int]) -> str:
 
 
 def render_items(task_dir: str | Path, task_name: str, limit: int | None = None) -> list:
-    """The items as the judge sees them (prompt without shots, choices, gold answer)."""
-    from lm_eval.tasks import get_task_dict
-
+    """The items as the judge sees them (prompt without shots, choices, gold answer), as
+    the ingestion writes them to items.jsonl."""
     from e2lmc.results import Item
 
     task_dir = Path(task_dir).resolve()
     items: list[Item] = []
     with _cwd(task_dir):
-        tasks = get_task_dict([task_name], task_manager(task_dir))
-
-        def walk(d: dict) -> None:
-            for v in d.values():
-                if isinstance(v, dict):
-                    walk(v)
-                    continue
-                for i, doc in enumerate(v.eval_docs):
-                    if limit is not None and i >= limit:
-                        break
-                    choices = v.doc_to_choice(doc) if v.OUTPUT_TYPE == "multiple_choice" else None
-                    target = v.doc_to_target(doc)
-                    gold_index = target if isinstance(target, int) and choices else None
-                    gold = choices[target] if gold_index is not None else str(target)
-                    items.append(Item(task=v.config.task, doc_id=i, prompt=v.doc_to_text(doc),
-                                      gold=gold, choices=choices, gold_index=gold_index))
-
-        walk(tasks)
+        for name, task in _leaf_tasks(task_dir, task_name).items():
+            for i, doc in enumerate(task.eval_docs):
+                if limit is not None and i >= limit:
+                    break
+                prompt, target = task.doc_to_text(doc), task.doc_to_target(doc)
+                choices, index = None, None
+                if task.OUTPUT_TYPE == "multiple_choice":
+                    choices = [str(c) for c in task.doc_to_choice(doc)]
+                    if isinstance(target, int) and 0 <= target < len(choices):
+                        index = target
+                    elif isinstance(target, str) and target in choices:
+                        index = choices.index(target)
+                gold = choices[index] if index is not None else target
+                if isinstance(gold, list):
+                    gold = gold[0] if gold else ""
+                items.append(Item(task=name, doc_id=i, prompt=str(prompt), gold=str(gold),
+                                  choices=choices, gold_index=index))
     return items
 
 
@@ -513,14 +502,44 @@ def official_submission(files: dict[str, str], task_name: str, metric_key: str,
                         output: str | Path, dest: str | None = None,
                         hf_token: str | None = None) -> Path:
     """The organizers' format: `evaluation.patch` adding the task folder under
-    `lm_eval/tasks/` + `metadata.yaml` (task to run, results key, optional HF token)."""
+    `lm_eval/tasks/` + `metadata.yaml` (task to run, results key, optional HF token), checked
+    as the ingestion reads it. (`e2lmc make-submission` writes the task-folder format.)"""
+    import tempfile
+
+    from e2lmc.ingestion.submission import (CODABENCH_METADATA, METADATA_YAML, PATCH_FILE,
+                                            load_submission)
+
     meta: dict[str, Any] = {"task_name": task_name, "task_metric": metric_key}
     if hf_token:
         meta["hf_token"] = hf_token
-    return write_zip(output, {
-        "evaluation.patch": evaluation_patch(files, dest or f"lm_eval/tasks/{task_name}"),
-        "metadata.yaml": yaml.safe_dump(meta, sort_keys=False),
+    out = write_zip(output, {
+        PATCH_FILE: evaluation_patch(files, dest or f"lm_eval/tasks/{task_name}"),
+        METADATA_YAML: yaml.safe_dump(meta, sort_keys=False),
+        CODABENCH_METADATA: "description: e2lmc task submission\n",
     })
+    with tempfile.TemporaryDirectory(prefix="e2lmc-check-") as tmp:
+        load_submission(out, Path(tmp))
+    return out
+
+
+EXAMPLES = {"mmlu_var.zip": "the MMLU-var baseline, official format (patch + hub dataset)",
+            f"{MY_TASK}.zip": "a task folder with local data (notebook 4's task, real mode)"}
+
+
+def write_example_submissions(out_dir: str | Path) -> list[Path]:
+    """The starting kit's example submissions (starting_kit/example_submissions/)."""
+    import tempfile
+
+    from e2lmc import baseline
+    from e2lmc.ingestion.submission import make_submission
+
+    out = Path(out_dir)
+    paths = [official_submission(baseline.task_files(), baseline.TASK, baseline.METRIC,
+                                 out / "mmlu_var.zip")]
+    with tempfile.TemporaryDirectory(prefix="e2lmc-example-") as tmp:
+        task = write_my_task(Path(tmp) / MY_TASK, "real")
+        paths.append(make_submission(task, MY_TASK, "acc,none", out / f"{MY_TASK}.zip"))
+    return paths
 
 
 def show_zip(path: str | Path) -> str:
@@ -629,23 +648,27 @@ def manifest_dir(manifest: Manifest, out_dir: str | Path) -> Path:
     return out
 
 
+def subset(manifest: Manifest, models: list[str], n: int) -> Manifest:
+    """`n` public checkpoints of each of `models`, spread over training: a quick dry run."""
+    out = []
+    for name in models:
+        m = manifest.model(name)
+        pub = [c for c in m.checkpoints if c.stage == "public"]
+        idx = sorted({round(i * (len(pub) - 1) / max(n - 1, 1)) for i in range(min(n, len(pub)))})
+        out.append(Model(m.name, m.size, m.arch, m.data, m.params, tuple(pub[i] for i in idx)))
+    return Manifest(path=None, models=out, defaults=manifest.defaults)
+
+
 def format_scores(scores: dict[str, float]) -> str:
     return "\n".join(f"  {k:<24}{v:>8.4f}" for k, v in scores.items())
-
-
-def captured(fn, *args, **kwargs):
-    """Call `fn`, returning (result, what it printed): long logs stay out of the notebook."""
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        res = fn(*args, **kwargs)
-    return res, buf.getvalue()
 
 
 # --------------------------------------------------------------------------- offline judge
 
 STAND_IN_WORDS = ("atom", "element", "chemical", "compound", "planet", "star", "orbit",
-                  "organism", "cell", "energy", "molecule", "symbol", "number", "legs",
-                  "moons", "climate", "state of matter", "colour", "color", "group")
+                  "organism", "cell", "energy", "molecule", "symbol", "legs", "moons",
+                  "climate", "temperature", "gas", "liquid", "solid", "colour", "color",
+                  "group")
 
 
 class StandInJudge:

@@ -26,8 +26,8 @@ NOTEBOOKS = (
     "6-Submission.ipynb",
     "7-Scientific-Alignment.ipynb",
 )
-CELL_TIMEOUT_S = 180
-NOTEBOOK_TIMEOUT_S = 300  # per notebook, on two shared cores
+CELL_TIMEOUT_S = 300
+NOTEBOOK_TIMEOUT_S = 420  # per notebook, on two shared cores
 KERNEL = "e2lmc-kit-test"
 
 
@@ -67,29 +67,34 @@ def test_colab_badge_points_at_the_notebook(name):
 
 
 @pytest.fixture(scope="session")
-def kit_env(tmp_path_factory):
-    """Environment for demo-mode runs: a kernelspec on this interpreter, caches in tmp, the
-    micro suite built once."""
+def kit_env(tmp_path_factory, request):
+    """Environment for demo-mode runs: a kernelspec on this interpreter, caches in tmp and
+    the session's micro suite (or the cache E2LMC_CACHE already names)."""
     root = tmp_path_factory.mktemp("kit")
     spec = root / "jupyter" / "kernels" / KERNEL
     spec.mkdir(parents=True)
     (spec / "kernel.json").write_text(json.dumps({
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "e2lmc kit test", "language": "python"}))
-    cache = Path(os.environ.get("E2LMC_CACHE") or root / "cache")
+    if os.environ.get("E2LMC_CACHE"):
+        cache = Path(os.environ["E2LMC_CACHE"])
+    else:  # the suite lives under <cache>/suite: point that at the shared micro suite
+        cache = root / "cache"
+        cache.mkdir()
+        (cache / "suite").symlink_to(request.getfixturevalue("micro_suite").parent.parent)
     env = {
         "E2LMC_KIT_MODE": "demo", "E2LMC_KIT_MICRO": "1", "E2LMC_CACHE": str(cache),
         "JUPYTER_PATH": str(root / "jupyter"), "JUPYTER_DATA_DIR": str(root / "jupyter"),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-        "HF_DATASETS_CACHE": str(cache / "datasets"), "MPLBACKEND": "Agg",
+        "HF_DATASETS_CACHE": str(root / "datasets"), "MPLBACKEND": "Agg",
         "TOKENIZERS_PARALLELISM": "false", "OPENAI_API_KEY": "", "OPENAI_BASE_URL": "",
     }
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     from e2lmc import kit
 
-    kit.demo_manifest()  # build (or reuse) the micro suite once, outside any notebook timeout
+    kit.demo_manifest()  # build (or find) the micro suite outside any notebook's timeout
     yield root
     for k, v in old.items():
         if v is None:
@@ -110,6 +115,7 @@ def test_notebook_runs_in_demo_mode(name, kit_env):
     client = NotebookClient(nb, kernel_name=KERNEL, timeout=CELL_TIMEOUT_S,
                             resources={"metadata": {"path": str(workdir)}})
     client.execute()  # raises CellExecutionError naming the failing cell
+    nbformat.write(nb, workdir / name)  # the executed copy, for a look after a run
     printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
                       for o in c.outputs if o.get("output_type") == "stream")
     assert "MODE = demo" in printed

@@ -218,6 +218,10 @@ def _resume_rows(output: Path, fp: str, task: str, metric: str,
 
 
 # --------------------------------------------------------------------------- the run
+def _print_flushed(line: str) -> None:
+    print(line, flush=True)
+
+
 class Stopped(BaseException):
     """SIGTERM (the platform's time limit): finish cleanly with status `partial`.
 
@@ -232,8 +236,12 @@ def _on_sigterm(signum, frame):
 def ingest(submission: Path, input_data: Path, output: Path, engine: str | None = None,
            device: str | None = None, time_budget: float | None = None,
            data_dir: Path | None = None, limits: Limits | None = None,
-           log=print) -> dict[str, Any]:
-    """Run a submission over the manifest's grid; return the ingestion.json document."""
+           log=None) -> dict[str, Any]:
+    """Run a submission over the manifest's grid; return the ingestion.json document.
+
+    `log` receives the progress lines (default: stdout, flushed line by line).
+    """
+    log = log or _print_flushed
     t0 = time.monotonic()
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -265,7 +273,8 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
         t_prep = time.monotonic()
         tp = TaskProcess(sub.tasks_dir, sub.task_name, workdir,
                          allow_network=d.allow_network, hf_token=sub.hf_token, limits=limits,
-                         hide=_private_paths(manifest, output, input_data, data_dir))
+                         hide=_private_paths(manifest, output, input_data, data_dir),
+                         output=output)
         try:
             prepared = tp.start()
         except TaskProcessError:

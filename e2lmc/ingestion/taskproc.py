@@ -98,7 +98,7 @@ class TaskProcess:
     def __init__(self, tasks_dir: Path, task_name: str, workdir: Path, *,
                  allow_network: bool = False, hf_token: str | None = None,
                  limits: Limits | None = None, fewshot_seed: int = 1234,
-                 hide: list[Path] | None = None):
+                 hide: list[Path] | None = None, output: Path | None = None):
         self.tasks_dir = Path(tasks_dir)
         self.task_name = task_name
         self.workdir = Path(workdir)
@@ -110,6 +110,7 @@ class TaskProcess:
         self.log_path = self.workdir / "taskproc.log"
         self._secrets = [hf_token] if hf_token else []
         self.hide = hide or []
+        self.output = output
 
     # ------------------------------------------------------------------ lifecycle
     def _env(self, home: Path) -> dict[str, str]:
@@ -180,6 +181,10 @@ class TaskProcess:
                     break
                 parent.chmod(0o755)
             os.chown(home, NOBODY, NOBODY)
+            if self.output is not None and self.output.stat().st_uid == os.geteuid():
+                # a world-writable output folder (some workers make it so) would let the
+                # unprivileged task process plant files next to the results
+                self.output.chmod(self.output.stat().st_mode & 0o755)
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         self._out, self._in = to_child_w, from_child_r

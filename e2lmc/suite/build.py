@@ -81,14 +81,14 @@ MODELS = (
 )
 def suite_config(micro: bool = False, seed: int | None = None) -> SuiteConfig:
     seed = DEFAULT_SEED if seed is None else seed
-    if micro:  # a fifth of the world, fewer and smaller steps
-        steps, batch, public, hidden = 200, 16, tuple(range(20, 121, 20)), (160, 200)
+    if micro:  # a fifth of the world, fewer steps and checkpoints
+        steps, public, hidden = 160, tuple(range(16, 97, 16)), (128, 160)
         fraction = MICRO_FRACTION
     else:
-        steps, batch, public, hidden = 640, 32, tuple(range(20, 201, 20)), (320, 440, 560, 640)
+        steps, public, hidden = 512, tuple(range(16, 161, 16)), (256, 352, 448, 512)
         fraction = 1.0
-    train = TrainSpec(steps=steps, batch=batch, seq_len=64, lr=1e-2, warmup=10,
-                      min_lr_ratio=0.1, weight_decay=0.1, checkpoints=public + hidden)
+    train = TrainSpec(steps=steps, batch=32, seq_len=64, lr=1e-2, warmup=20,
+                      min_lr_ratio=0.1, decay_frac=0.2, weight_decay=0.1, checkpoints=public + hidden)
     return SuiteConfig(micro=micro, seed=seed, vocab_size=1024, world_fraction=fraction,
                        models=MODELS, train=train, public_steps=public, hidden_steps=hidden)
 

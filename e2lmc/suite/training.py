@@ -8,7 +8,6 @@ this small.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ class TrainSpec:
     lr: float
     warmup: int
     min_lr_ratio: float
+    decay_frac: float  # share of the steps, at the end, over which the rate decays
     weight_decay: float
     checkpoints: tuple[int, ...]  # steps after which a checkpoint is saved
 
@@ -72,11 +72,16 @@ def count_params(spec: ModelSpec, vocab_size: int) -> int:
 
 
 def lr_at(step: int, t: TrainSpec) -> float:
-    """Linear warmup, then cosine decay to `min_lr_ratio` of the peak at the last step."""
+    """Warmup, stable, decay (WSD): linear warmup, constant, then a linear decay to
+    `min_lr_ratio` of the peak over the last `decay_frac` of the steps. The public
+    checkpoints fall in the stable phase, as early checkpoints of long runs do."""
     if step < t.warmup:
         return t.lr * (step + 1) / t.warmup
-    frac = (step - t.warmup) / max(1, t.steps - t.warmup)
-    return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+    decay_start = t.steps * (1 - t.decay_frac)
+    if step < decay_start:
+        return t.lr
+    frac = (step - decay_start) / max(1.0, t.steps - decay_start)
+    return t.lr * (1 - (1 - t.min_lr_ratio) * frac)
 
 
 def train_model(spec: ModelSpec, train: TrainSpec, stream: np.ndarray, tokenizer_dir: Path,

@@ -1,0 +1,55 @@
+"""`e2lmc demo` end to end on the micro suite: ingest and score the example submissions."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from e2lmc.demo import format_row, run_demo
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo_runs(micro_suite, tmp_path_factory):
+    root = micro_suite.parent.parent
+    out = tmp_path_factory.mktemp("demo")
+    return {name: run_demo(out / name, example=name, micro=True, suite_root=root,
+                           progress=False)
+            for name in ("science_cloze", "web_commonsense", "noisy_hard")}
+
+
+def test_demo_writes_the_report_and_a_finite_row(demo_runs, micro_suite):
+    run = demo_runs["science_cloze"]
+    paths = run["paths"]
+    assert paths["suite"] == micro_suite.parent
+    assert paths["report"].is_file() and paths["report"].stat().st_size > 1000
+    scores = json.loads(paths["scores"].read_text())
+    assert scores == run["scores"]
+    assert all(math.isfinite(v) for v in scores.values())
+    assert 0 <= scores["score"] <= 1
+    ingestion = json.loads((paths["ingestion_output"] / "ingestion.json").read_text())
+    assert ingestion["status"] == "ok"
+    row = format_row("science_cloze", scores).splitlines()
+    assert row[0].split(" | ")[1:] == list(scores) and row[1].startswith("science_cloze |")
+
+
+def test_scores_differ_for_the_reasons_they_exist(demo_runs):
+    a, b, c = (demo_runs[n]["scores"] for n in ("science_cloze", "web_commonsense",
+                                                "noisy_hard"))
+    # the science task separates the science model from the web model; common sense doesn't
+    assert a["scientific_compliance"] > b["scientific_compliance"]
+    # the science task's curves rise; the too-hard task's are noise
+    assert a["signal_quality"] > c["signal_quality"]
+
+
+def test_cli_demo_prints_row_and_paths(micro_suite, tmp_path, capsys):
+    from e2lmc.cli import main
+
+    assert main(["demo", "--micro", "--suite-dir", str(micro_suite.parent.parent),
+                 "--output", str(tmp_path / "out"), "--example", "noisy_hard"]) == 0
+    out = capsys.readouterr().out
+    assert "noisy_hard |" in out
+    assert str(tmp_path / "out" / "scores" / "detailed_results.html") in out
