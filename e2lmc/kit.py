@@ -430,7 +430,7 @@ def element_rows(seed: int = 0) -> list[dict[str, Any]]:
     return rows
 
 
-def demo_rows(n: int = 150) -> list[dict[str, Any]]:
+def demo_rows(n: int = 120) -> list[dict[str, Any]]:
     """Questions about the demo suite's science world, in the same raw format."""
     from e2lmc.suite.examples import example_dir
 

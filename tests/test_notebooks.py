@@ -26,8 +26,8 @@ NOTEBOOKS = (
     "6-Submission.ipynb",
     "7-Scientific-Alignment.ipynb",
 )
-CELL_TIMEOUT_S = 300
-NOTEBOOK_TIMEOUT_S = 420  # per notebook, on two shared cores
+CELL_TIMEOUT_S = 600  # a hang guard: a shared CI machine can be slow
+NOTEBOOK_TIMEOUT_S = 840  # per notebook (the pytest default is 900)
 KERNEL = "e2lmc-kit-test"
 
 
@@ -64,6 +64,16 @@ def test_one_switch_at_the_top(name):
 def test_colab_badge_points_at_the_notebook(name):
     first = _read(name).cells[0].source
     assert f"colab.research.google.com/github/e2lmc/e2lmc/blob/main/starting_kit/{name}" in first
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_every_code_cell_compiles(name):
+    """Real-mode branches do not run in CI: at least they must be valid Python."""
+    import ast
+
+    for i, cell in enumerate(_read(name).cells):
+        if cell.cell_type == "code":
+            ast.parse(cell.source, filename=f"{name} cell {i}")
 
 
 @pytest.fixture(scope="session")
