@@ -13,6 +13,7 @@ A re-run with the same submission resumes: rows already finished are kept, not r
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import os
@@ -32,6 +33,7 @@ from e2lmc.errors import UserError
 from e2lmc.ingestion import submission as S
 from e2lmc.ingestion import validate
 from e2lmc.ingestion.taskproc import Limits, TaskProcess, TaskProcessError, redact
+from e2lmc.engine import shard
 from e2lmc.manifest import Checkpoint, Manifest, load_manifest
 
 
@@ -299,11 +301,14 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
         todo = [c for c in order if c.key not in done]
         if done:
             log(f"ingest: resuming, {len(done)} of {len(order)} checkpoints already done")
-        shared: dict[str, Any] = {}
         counters: dict[str, float] = {}
         spent: list[float] = []
         stopped = None
         t_grid = time.monotonic()
+        outcomes = shard.run(
+            functools.partial(engine_answers, requests=prepared.requests, engine=engine,
+                              defaults=d),
+            todo, grid_devices(device))
         for n, ck in enumerate(todo, 1):
             elapsed = time.monotonic() - t0
             est = sum(spent) / len(spent) if spent else 0.0
@@ -312,8 +317,9 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
                            f"{len(order) - len(todo) + n - 1} of {len(order)} checkpoints")
                 break
             label = f"ckpt-{order.index(ck):03d}"
-            row = _evaluate_one(ck, label, prepared.requests, tp, sub.metric, engine, device,
-                                d, shared, counters, secrets)
+            _index, outcome, crash = next(outcomes)
+            row = _score_row(ck, label, outcome or {"error": f"engine worker: {crash}"}, tp,
+                             sub.metric, counters, secrets)
             R.append_jsonl(output / R.RESULTS_JSONL, row)
             spent.append(row.seconds or 0.0)
             eta = (len(todo) - n) * (sum(spent) / len(spent))
@@ -325,6 +331,7 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
                 f"{status} in {row.seconds:.1f} s, ETA {_fmt_s(eta)}")
             if not tp.alive:  # the task process died: nothing more can be scored
                 raise TaskProcessError("crashed", row.error or "the task process stopped")
+        outcomes.close()  # stops GPU workers still busy when the budget ran out
         doc["timings"]["grid_s"] = round(time.monotonic() - t_grid, 3)
         doc["engine"]["counters"] = counters
         rows = {r.key: r for r in R.read_results(output)}
@@ -361,44 +368,67 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
     return doc
 
 
-def _evaluate_one(ck: Checkpoint, label: str, requests, tp: TaskProcess, metric: str,
-                  engine: str, device: str, d, shared: dict, counters: dict,
-                  secrets: list[str]) -> R.ResultRow:
+def grid_devices(device: str) -> list[str]:
+    """Where the checkpoints run: one worker per visible GPU, or the one device asked for."""
+    if device in (None, "auto", "cuda"):
+        found = shard.devices()
+        if device == "cuda" and found == ["cpu"]:
+            raise UserError("--device cuda was asked for but no GPU is visible; use --device "
+                            "cpu or auto")
+        return found
+    return [device]
+
+
+def engine_answers(ck: Checkpoint, device: str, shared: dict, *, requests, engine: str,
+                   defaults) -> dict[str, Any]:
+    """Trusted side of one checkpoint: load it, answer every request. Never raises, so a
+    broken checkpoint becomes an error row and the grid goes on (also in a GPU worker)."""
     from e2lmc.engine import make_lm
 
     t = time.monotonic()
+    try:
+        lm = make_lm(engine, ck, device=device, dtype=defaults.dtype,
+                     max_length=defaults.max_length, batch_tokens=defaults.batch_tokens,
+                     shared=shared)
+    except Exception as exc:  # noqa: BLE001 - a broken checkpoint must not stop the grid
+        return {"error": f"checkpoint failed to load: {type(exc).__name__}: {exc}",
+                "seconds": time.monotonic() - t}
+    try:
+        answers = answer_requests(lm, requests)
+        counters = {k: v for k, v in (getattr(lm, "counters", None) or {}).items()
+                    if isinstance(v, (int, float))}
+        return {"answers": answers, "counters": counters, "seconds": time.monotonic() - t}
+    except Exception as exc:  # noqa: BLE001
+        return {"error": f"engine failed: {type(exc).__name__}: {exc}",
+                "seconds": time.monotonic() - t}
+    finally:
+        _release(lm)
+
+
+def _score_row(ck: Checkpoint, label: str, outcome: dict[str, Any], tp: TaskProcess,
+               metric: str, counters: dict, secrets: list[str]) -> R.ResultRow:
+    """Untrusted side of one checkpoint: the task process turns answers into metrics."""
+    t = time.monotonic()
     row = R.ResultRow(model=ck.model, checkpoint=ck.name, tokens_b=ck.tokens_b, stage=ck.stage,
                       metric=metric, value=None, iteration=ck.iteration)
-    try:
-        lm = make_lm(engine, ck, device=device, dtype=d.dtype, max_length=d.max_length,
-                     batch_tokens=d.batch_tokens, shared=shared)
-    except Exception as exc:  # noqa: BLE001 - a broken checkpoint must not stop the grid
+    if outcome.get("error"):
         row.status = "error"
-        row.error = redact(f"checkpoint failed to load: {type(exc).__name__}: {exc}", secrets)[:500]
+        row.error = redact(outcome["error"], secrets)[:500]
     else:
+        for k, v in outcome["counters"].items():
+            counters[k] = counters.get(k, 0) + v
         try:
-            answers = answer_requests(lm, requests)
-            for k, v in (getattr(lm, "counters", None) or {}).items():
-                if isinstance(v, (int, float)):
-                    counters[k] = counters.get(k, 0) + v
-        except Exception as exc:  # noqa: BLE001
-            answers = None
+            metrics = tp.score(label, outcome["answers"])
+            row.metrics = metrics
+            row.value = metrics.get(metric)
+            row.stderr = metrics.get(stderr_key(metric))
+            if row.value is None:
+                row.error = f"metric {metric} is not a finite number for this checkpoint"
+        except TaskProcessError as exc:
             row.status = "error"
-            row.error = redact(f"engine failed: {type(exc).__name__}: {exc}", secrets)[:500]
-        _release(lm)
-        if answers is not None:
-            try:
-                metrics = tp.score(label, answers)
-                row.metrics = metrics
-                row.value = metrics.get(metric)
-                row.stderr = metrics.get(stderr_key(metric))
-                if row.value is None:
-                    row.error = f"metric {metric} is not a finite number for this checkpoint"
-            except TaskProcessError as exc:
-                row.status = "error"
-                row.error = (str(exc) if ck.stage == "public" else
-                             f"the task failed on a hidden checkpoint ({exc.kind})")
-    row.seconds = round(time.monotonic() - t, 3)
+            row.error = (str(exc) if ck.stage == "public" else
+                         f"the task failed on a hidden checkpoint ({exc.kind})")
+    row.seconds = round(outcome.get("seconds", 0.0) + time.monotonic() - t, 3)
     return row
 
 
