@@ -36,6 +36,9 @@ def make_lm(engine: str, checkpoint: Checkpoint, *, device: str = "auto", dtype:
             max_length: int = 2048, batch_tokens: int = 65536,
             shared: dict[str, Any] | None = None):
     """Load one checkpoint behind the chosen engine."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one progress line per checkpoint is ours to print
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     if engine == "hf":
