@@ -57,7 +57,7 @@ def test_build_layout(tmp_path, source):
         assert f"{program}/e2lmc/bundle/worker.py" in files
     assert "input_data/e2lm/manifest.yaml" in files
     assert "reference_data/e2lm/scoring.yaml" in files
-    assert "solutions/mmlu_var/metadata.yaml" in files
+    assert "starting_kit/example_submissions/mmlu_var.zip" in files  # the example solution
     assert not [f for f in files if "__pycache__" in f or f.endswith(".pyc")]
     key_name = judge_key_name(source / "reference_data" / "e2lm")
     assert not [f for f in files if f.endswith(f"/{key_name}")]
@@ -116,7 +116,7 @@ def test_missing_referenced_path_is_a_user_error(tmp_path, source):
 
 def test_starting_kit_is_attached_to_every_phase(tmp_path, source):
     kit = source / "starting_kit"
-    kit.mkdir()
+    kit.mkdir(exist_ok=True)
     (kit / "README.md").write_text("kit")
     out = build_bundle(tmp_path / "b.zip", root=source)
     with zipfile.ZipFile(out) as zf:
