@@ -315,29 +315,12 @@ def check_size(counts: dict[str, int]) -> str:
 def render_items(task_dir: str | Path, task_name: str, limit: int | None = None) -> list:
     """The items as the judge sees them (prompt without shots, choices, gold answer), as
     the ingestion writes them to items.jsonl."""
+    from e2lmc.ingestion.items import task_items
     from e2lmc.results import Item
 
     task_dir = Path(task_dir).resolve()
-    items: list[Item] = []
     with _cwd(task_dir):
-        for name, task in _leaf_tasks(task_dir, task_name).items():
-            for i, doc in enumerate(task.eval_docs):
-                if limit is not None and i >= limit:
-                    break
-                prompt, target = task.doc_to_text(doc), task.doc_to_target(doc)
-                choices, index = None, None
-                if task.OUTPUT_TYPE == "multiple_choice":
-                    choices = [str(c) for c in task.doc_to_choice(doc)]
-                    if isinstance(target, int) and 0 <= target < len(choices):
-                        index = target
-                    elif isinstance(target, str) and target in choices:
-                        index = choices.index(target)
-                gold = choices[index] if index is not None else target
-                if isinstance(gold, list):
-                    gold = gold[0] if gold else ""
-                items.append(Item(task=name, doc_id=i, prompt=str(prompt), gold=str(gold),
-                                  choices=choices, gold_index=index))
-    return items
+        return [Item(**d) for d in task_items(_leaf_tasks(task_dir, task_name), limit)]
 
 
 # --------------------------------------------------------------------------- your task

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from e2lmc.ingestion import wire
+from e2lmc.ingestion.items import task_items
 
 PACKAGED_BUILDERS = {"json", "csv", "parquet", "arrow", "text", "pandas"}
 SUPPORTED_OUTPUT_TYPES = ("multiple_choice", "loglikelihood", "loglikelihood_rolling",
@@ -360,28 +361,7 @@ class Session:
         return out
 
     def _items(self) -> list[dict[str, Any]]:
-        items = []
-        for name, task in self.tasks.items():
-            for doc_id, doc in enumerate(task.eval_docs):
-                prompt = task.doc_to_text(doc)
-                choices = None
-                gold_index = None
-                target = task.doc_to_target(doc)
-                if task.OUTPUT_TYPE == "multiple_choice":
-                    choices = [str(c) for c in task.doc_to_choice(doc)]
-                    if isinstance(target, int) and 0 <= target < len(choices):
-                        gold_index = target
-                    elif isinstance(target, str) and target in choices:
-                        gold_index = choices.index(target)
-                    if isinstance(prompt, int) and 0 <= prompt < len(choices):
-                        prompt = choices[prompt]
-                gold = choices[gold_index] if gold_index is not None else target
-                if isinstance(gold, list):
-                    gold = gold[0] if gold else ""
-                items.append({"task": name, "doc_id": doc_id, "prompt": str(prompt),
-                              "gold": str(gold), "choices": choices,
-                              "gold_index": gold_index})
-        return items
+        return task_items(self.tasks)
 
     def score(self, answers: list[Any]) -> dict[str, Any]:
         from lm_eval.evaluator import evaluate

@@ -30,7 +30,7 @@ from e2lmc.scoring.sq import signal_quality
 
 # The leaderboard's column keys; competition.yaml must list exactly these.
 LEADERBOARD_KEYS = ("score", "signal_quality", "ranking_consistency", "scientific_compliance",
-                    "alignment", "leakage")
+                    "alignment", "leakage", "documents")
 SCORES_JSON = "scores.json"
 DETAILS_JSON = "scores_details.json"
 REPORT_HTML = "detailed_results.html"
@@ -59,8 +59,8 @@ def _public_only(curves: dict[str, Curve]) -> list[Curve]:
             for c in curves.values()]
 
 
-def compute_scores(curves: dict[str, Curve], cfg: ScoringConfig,
-                   gates: list[GateResult]) -> tuple[dict[str, float], dict[str, Any]]:
+def compute_scores(curves: dict[str, Curve], cfg: ScoringConfig, gates: list[GateResult],
+                   n_docs: int = 0) -> tuple[dict[str, float], dict[str, Any]]:
     """The leaderboard row and the details behind it (pure: no I/O)."""
     sq = signal_quality(curves, cfg.sq)
     rc = ranking_consistency(curves, cfg.rc)
@@ -75,6 +75,7 @@ def compute_scores(curves: dict[str, Curve], cfg: ScoringConfig,
         "scientific_compliance": cs["value"],
         "alignment": by_name["alignment"].leaderboard_value,
         "leakage": by_name["leakage"].leaderboard_value,
+        "documents": float(n_docs),  # the benchmark's size, shown beside its score
     }
     bad = {k: v for k, v in scores.items() if not math.isfinite(v) or abs(v) >= 1e10}
     if bad:  # a bug, not a user error: the formulas above must never produce these
@@ -99,7 +100,7 @@ def score(res: str | Path, ref: str | Path, output: str | Path) -> dict[str, flo
     items = read_items(res)
     sub = ingestion.get("submission", {})
     gates = _gates(cfg, items, str(sub.get("fingerprint") or ""), ref, output)
-    scores, details = compute_scores(curves, cfg, gates)
+    scores, details = compute_scores(curves, cfg, gates, int(sub.get("n_docs") or 0))
     details["diagnostics"] = _diagnostics(curves, cfg, items, sub.get("metric"))
     failed = [r.key for r in rows if r.status != "ok"]
     if failed:
