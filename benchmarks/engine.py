@@ -4,9 +4,9 @@ Three routes answer the same task on the same checkpoints, timed in one run:
   (1) cli   one `python -m lm_eval --model hf ...` process per checkpoint (stock route);
   (2) hf    lm-eval's stock HFLM, all checkpoints in one process (`simple_evaluate`,
             task index built once, only the benchmark task folder);
-  (3) fast  e2lmc's FastLM in one process, same task index: requests rendered once
-            (lm-eval's request cache, in a private folder), tokenized and planned once,
-            shared prefixes forwarded once.
+  (3) fast  `e2lmc ingest --engine fast` on the same task as a task-folder submission
+            (the product route: requests rendered once in the task process, tokenized
+            and planned once, shared prefixes forwarded once).
 It prints wall time per route, the speed-up of (3) over (1) and (2), the tokens each
 route forwards, and checks that the task metric is the same on every route.
 
@@ -38,9 +38,6 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# lm-eval reads its request-cache location at import: point it at a private folder first
-REQUEST_CACHE = tempfile.mkdtemp(prefix="e2lmc-bench-requests-")
-os.environ["LM_HARNESS_CACHE_PATH"] = REQUEST_CACHE
 
 TASK = "e2lmc_bench_cloze"
 
@@ -66,8 +63,9 @@ def make_grid(kind: str, root: Path, n_checkpoints: int):
     return manifest.checkpoints[:n_checkpoints]
 
 
-def write_cloze_task(folder: Path, n_items: int, seed: int = 0) -> Path:
-    """A 5-shot multiple-choice cloze task (lm-eval YAML + JSONL) over the tiny words."""
+def write_cloze_task(folder: Path, n_items: int, seed: int = 0) -> tuple[Path, Path]:
+    """A 5-shot multiple-choice cloze task over the tiny words, written twice: an lm-eval
+    include folder (absolute data paths) and an e2lmc task-folder submission (relative)."""
     from e2lmc.suite.tiny import _WORDS
 
     rng = random.Random(seed)
@@ -78,17 +76,20 @@ def write_cloze_task(folder: Path, n_items: int, seed: int = 0) -> Path:
                    for _ in range(4)]
         return {"question": " ".join(words), "choices": choices, "answer": rng.randrange(4)}
 
-    folder.mkdir(parents=True, exist_ok=True)
+    include, submission = folder / "include", folder / "submission"
+    for d in (include, submission):
+        d.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", 20), ("test", n_items)):
-        with open(folder / f"{split}.jsonl", "w") as fh:
-            for _ in range(n):
-                fh.write(json.dumps(doc()) + "\n")
-    (folder / f"{TASK}.yaml").write_text(f"""task: {TASK}
+        lines = "".join(json.dumps(doc()) + "\n" for _ in range(n))
+        for d in (include, submission):
+            (d / f"{split}.jsonl").write_text(lines)
+    for d, base in ((include, f"{include}/"), (submission, "")):
+        (d / f"{TASK}.yaml").write_text(f"""task: {TASK}
 dataset_path: json
 dataset_kwargs:
   data_files:
-    train: {folder / 'train.jsonl'}
-    test: {folder / 'test.jsonl'}
+    train: {base}train.jsonl
+    test: {base}test.jsonl
 output_type: multiple_choice
 training_split: train
 fewshot_split: train
@@ -104,7 +105,8 @@ metric_list:
     aggregation: mean
     higher_is_better: true
 """)
-    return folder
+    (submission / "metadata.yaml").write_text(f"task_name: {TASK}\ntask_metric: acc,none\n")
+    return include, submission
 
 
 # -- routes ----------------------------------------------------------------------------
@@ -148,24 +150,32 @@ def route_hf(checkpoints, task_dir: Path, args) -> tuple[float, list[float]]:
     return time.perf_counter() - t0, accs
 
 
-def route_fast(checkpoints, task_dir: Path, args) -> tuple[float, list[float], dict]:
-    from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
+def route_fast(checkpoints, submission: Path, args) -> tuple[float, list[float], dict]:
+    """The product route: `e2lmc ingest --engine fast` on the task-folder submission."""
+    from e2lmc.ingestion.run import ingest
+    from e2lmc.manifest import Defaults, Manifest, Model
+    from e2lmc.results import read_results
 
-    from e2lmc.engine import make_lm
-
-    accs, totals = [], {"tokens_forwarded": 0, "unique_tokens": 0, "tokens_requested": 0}
-    shared: dict = {}
-    t0 = time.perf_counter()
-    tm = TaskManager(include_path=str(task_dir), include_defaults=False)
-    for ck in checkpoints:
-        lm = make_lm("fast", ck, device=args.device, dtype=args.dtype,
-                     max_length=args.max_length, batch_tokens=args.batch_tokens, shared=shared)
-        accs.append(_acc(simple_evaluate(model=lm, tasks=[TASK], task_manager=tm,
-                                         cache_requests=True, verbosity="ERROR")))
-        for k in totals:
-            totals[k] += lm.counters[k]
-    return time.perf_counter() - t0, accs, totals
+    work = Path(tempfile.mkdtemp(prefix="e2lmc-bench-ingest-"))
+    try:
+        by_model: dict[str, list] = {}
+        for ck in checkpoints:
+            by_model.setdefault(ck.model, []).append(ck)
+        models = [Model(name=m, size="s", arch="a", data="science", params=None,
+                        checkpoints=tuple(cks)) for m, cks in by_model.items()]
+        Manifest(path=None, models=models, defaults=Defaults(
+            device=args.device, dtype=args.dtype, max_length=args.max_length,
+            batch_tokens=args.batch_tokens)).write(work / "input" / "manifest.yaml")
+        t0 = time.perf_counter()
+        doc = ingest(submission, work / "input", work / "output", engine="fast",
+                     device=args.device, log=lambda *a, **k: None)
+        seconds = time.perf_counter() - t0
+        if doc["status"] != "ok":
+            sys.exit(f"ingestion failed: {doc.get('error')}")
+        values = {r.key: r.value for r in read_results(work / "output")}
+        return seconds, [values[ck.key] for ck in checkpoints], doc["engine"]["counters"]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 # -- synthetic 1B-shaped run -----------------------------------------------------------
@@ -293,13 +303,13 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         checkpoints = make_grid(args.grid, tmp_path, args.checkpoints)
-        task_dir = write_cloze_task(tmp_path / "task", args.items)
+        task_dir, submission = write_cloze_task(tmp_path / "task", args.items)
         print(f"grid {args.grid}: {len(checkpoints)} checkpoints; task: {args.items} items, "
               f"5-shot cloze, 4 choices; device {args.device}, {args.dtype}; "
               f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)
         rows = []
-        t_fast, acc_fast, tok = route_fast(checkpoints, task_dir, args)
-        rows.append(("(3) fast engine, one process", t_fast, acc_fast))
+        t_fast, acc_fast, tok = route_fast(checkpoints, submission, args)
+        rows.append(("(3) e2lmc ingest --engine fast", t_fast, acc_fast))
         print(f"(3) done in {t_fast:.1f} s", flush=True)
         if not args.skip_hf:
             t_hf, acc_hf = route_hf(checkpoints, task_dir, args)
@@ -324,7 +334,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    finally:
-        shutil.rmtree(REQUEST_CACHE, ignore_errors=True)
+    main()

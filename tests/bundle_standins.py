@@ -147,22 +147,27 @@ def package_with_keys(dest: Path) -> Path:
     return pkg
 
 
-def micro_suite() -> Path:
+def require_programs() -> None:
     for program in ("ingestion_program", "scoring_program"):
         if not (REPO / program / "metadata.yaml").is_file():
             pytest.skip(f"{program}/ is not in this checkout")
-    build = pytest.importorskip("e2lmc.suite.build")
-    return build.build_suite(micro=True, progress=False).parent
 
 
-def example_zip(dest: Path, name: str = "science_cloze") -> Path:
-    examples = pytest.importorskip("e2lmc.suite.examples")
-    folder = examples.example_dir(name)
-    if not folder.is_dir():
-        folder = examples.write_example(name, dest / name)
+def example_zip(dest: Path, name: str = "science_cloze", max_docs: int | None = 120) -> Path:
+    """An example submission of the demo suite, zipped as a participant would; its test
+    split cut to `max_docs` documents (still within the 100-document minimum) so that a
+    run over the whole micro grid fits a unit-test budget."""
+    from e2lmc.suite.examples import example_dir
+
+    folder = dest / name
+    shutil.copytree(example_dir(name), folder, ignore=shutil.ignore_patterns("__pycache__"))
+    test = folder / "test.jsonl"
+    if max_docs is not None and test.is_file():
+        lines = test.read_text().splitlines(keepends=True)
+        test.write_text("".join(lines[:max_docs]))
     path = dest / f"{name}.zip"
     with zipfile.ZipFile(path, "w") as zf:
         for f in sorted(folder.rglob("*")):
-            if f.is_file() and "__pycache__" not in f.parts:
+            if f.is_file():
                 zf.write(f, f.relative_to(folder).as_posix())
     return path

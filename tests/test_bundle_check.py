@@ -114,6 +114,10 @@ def _unknown_task(d):
     d["phases"][0]["tasks"] = [7]
 
 
+def _queue_name(d):
+    d["queue"] = "my-gpu-queue"
+
+
 @pytest.mark.parametrize("change,expected", [
     (_drop_version, "`version: 2` is required"),
     (_singular_leaderboard, "uses `leaderboard:`"),
@@ -127,6 +131,7 @@ def _unknown_task(d):
     (_same_zip_name, "are both zipped by Codabench to e2lm.zip"),
     (_missing_page, "'pages/faq.md' does not exist"),
     (_unknown_task, "refers to task index 7"),
+    (_queue_name, "is not a queue vhost"),
 ])
 def test_broken_yaml_variants(staged, change, expected):
     edit_yaml(staged, change)

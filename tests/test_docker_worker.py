@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bundle_standins import REPO, example_zip, make_standin_bundle, micro_suite
+from bundle_standins import REPO, example_zip, make_standin_bundle, require_programs
 from e2lmc.bundle.worker import run_local
+from e2lmc.errors import UserError
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -58,6 +59,10 @@ def image() -> str:
         pytest.skip("no base image and no debootstrap to make one (apt-get install debootstrap)")
     _timed("base", timings, subprocess.run, ["bash", str(REPO / "docker" / "bootstrap_base.sh"),
                                              BASE_TAG], check=True)
+    if not (list(Path("/opt/wheels").glob("torch-2.13.0+cpu-*.whl"))
+            or list((REPO / "docker" / "wheels").glob("torch-2.13.0+cpu-*.whl"))):
+        pytest.skip("no torch-2.13.0+cpu wheel in /opt/wheels or docker/wheels (the test "
+                    "never downloads a CUDA build)")
     env = {**os.environ, "CPU_TORCH": "1", "PYTHON": sys.executable}
     _timed("wheels", timings, subprocess.run, ["bash", str(REPO / "docker" / "fetch_wheels.sh")],
            check=True, env=env)
@@ -113,14 +118,26 @@ def test_run_local_in_docker(image, standin_bundle, tmp_path, user):
     assert "E2LMC_APP_ROOT" not in res_probe["env"]
 
 
-def test_example_on_the_micro_suite_in_docker(image, tmp_path):
-    """The real programs and an example submission, both steps in containers as root."""
+def test_time_limit_in_docker(image, standin_bundle, tmp_path):
+    sub = tmp_path / "sub.zip"
+    with zipfile.ZipFile(sub, "w") as zf:
+        zf.writestr("metadata.yaml", "task_name: t\ntask_metric: acc,none\nstandin_mode: sleep\n")
+    with pytest.raises(UserError, match="ingestion failed"):
+        run_local(sub, "e2lm", bundle=standin_bundle, docker_image=image, workdir=tmp_path / "w",
+                  input_data=_grid(tmp_path), network=False, env=OFFLINE, timeout=3)
+    assert "killed after 3" in (tmp_path / "w" / "logs" / "ingestion.stderr.txt").read_text()
+
+
+def test_example_on_the_micro_suite_in_docker(image, tmp_path, micro_suite):
+    """The real programs and an example submission, both steps in containers running as
+    root (Codabench's default; non-root runs are covered with the stand-in programs)."""
     from e2lmc.scoring.program import LEADERBOARD_KEYS
 
-    suite = micro_suite()
+    require_programs()
+    grid = micro_suite.parent
     start = time.monotonic()
     result = run_local(example_zip(tmp_path), "e2lm", bundle=REPO, docker_image=image,
-                       workdir=tmp_path / "w", input_data=suite, ref=suite, network=False,
+                       workdir=tmp_path / "w", input_data=grid, ref=grid, network=False,
                        env={**OFFLINE, "OMP_NUM_THREADS": "2"}, timeout=900)
     print(f"\nrun-local --docker on the micro suite: {time.monotonic() - start:.1f} s",
           file=sys.stderr)

@@ -193,3 +193,35 @@ def test_errors_that_are_not_memory_propagate(checkpoints, monkeypatch):
     monkeypatch.setattr(FastLM, "_forward", broken)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         lm.loglikelihood([_req("a b", " c")])
+
+
+def test_sliding_window_models_are_refused(checkpoints):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    pretrained, subfolder = checkpoints[0].load_target()
+    model = AutoModelForCausalLM.from_pretrained(pretrained)
+    model.config.sliding_window = 32
+    with pytest.raises(ValueError, match="sliding-window"):
+        FastLM(model, AutoTokenizer.from_pretrained(pretrained), max_length=MAX_LEN)
+    model.config.sliding_window = 4096  # wider than the context: nothing to reproduce
+    assert FastLM(model, AutoTokenizer.from_pretrained(pretrained), max_length=MAX_LEN)
+
+
+def test_bos_adding_tokenizer_matches_hflm(checkpoints):
+    """A tokenizer that prepends BOS, and contexts that already start with the BOS text."""
+    from lm_eval.models.huggingface import HFLM
+    from tokenizers import processors
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    pretrained, _ = checkpoints[0].load_target()
+    tok = AutoTokenizer.from_pretrained(pretrained)
+    bos = tok.bos_token
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", special_tokens=[(bos, tok.bos_token_id)])
+    assert tok("the atom")["input_ids"][0] == tok.bos_token_id
+    model = AutoModelForCausalLM.from_pretrained(pretrained)
+    reqs = [_req(*a) for a in random_requests(13, n_docs=10)]
+    reqs += [_req(bos + "Q: the atom\nA:", " water"), _req(bos, " red"), _req("", bos + " red")]
+    hf = HFLM(pretrained=model, tokenizer=tok, device="cpu", max_length=MAX_LEN, batch_size=4)
+    ref = hf.loglikelihood(reqs, disable_tqdm=True)
+    _assert_same(FastLM(model, tok, max_length=MAX_LEN, row_tokens=24).loglikelihood(reqs), ref)

@@ -7,7 +7,10 @@ written outside the output folder (the run's temp dir is redirected and must be 
 from __future__ import annotations
 
 import io
+import json
+import os
 import stat
+import subprocess
 import sys
 import tempfile
 import zipfile
@@ -229,6 +232,14 @@ def test_hub_dataset_needs_bundled_data(run, tmp_path):
 
 
 @pytest.mark.slow
+def test_remote_data_files_need_bundled_data(run, tmp_path):
+    text = build.TASK_YAML.format(name="mini_mc", output_type="multiple_choice").replace(
+        "test: data/test.jsonl", "test: https://example.org/test.jsonl")
+    doc, _, _ = run(build.task_folder(tmp_path / "sub", yaml_text=text))
+    failed(doc, "remote", "bundle your data")
+
+
+@pytest.mark.slow
 def test_data_files_outside_the_submission(run, tmp_path):
     text = build.TASK_YAML.format(name="mini_mc", output_type="multiple_choice").replace(
         "test: data/test.jsonl", "test: ../../../../../../etc/hostname")
@@ -284,15 +295,22 @@ def test_exit_in_task_code(run, tmp_path):
 
 
 @pytest.mark.slow
-def test_code_reading_secrets_and_writing_outside(run, tmp_path, one_ckpt):
-    """Helpers dump the environment and the manifest into the prompts, and try to write
-    next to the outputs: the dumps hold no secret, the writes do not land."""
+def test_code_reading_secrets_and_writing_outside(tmp_path, one_ckpt):
+    """Helpers dump the environment (their own and every process's they can read) and the
+    manifest into the prompts, and try to write next to the outputs: the dumps hold no
+    secret, the writes do not land. The runner is a CLI process started with the secrets
+    in its environment, as on the platform."""
     target = tmp_path / "out" / "planted.txt"
     outside = tmp_path / "planted_outside.txt"
     helper = f"""
-import os, json
+import os, json, glob
 def process_docs(ds):
     env = json.dumps(dict(os.environ))
+    for path in glob.glob('/proc/[0-9]*/environ'):  # other processes' environments
+        try:
+            env += open(path, 'rb').read().decode(errors='replace')
+        except OSError:
+            pass
     try:
         manifest = open({str(one_ckpt / 'manifest.yaml')!r}).read()
     except OSError as exc:
@@ -310,9 +328,23 @@ def process_docs(ds):
     text = build.TASK_YAML.format(name="mini_mc", output_type="multiple_choice").replace(
         'doc_to_text: "Question: {{question}}', "doc_to_text: \"{% if '(0)' in question %}"
         "{{cycler.__init__.__globals__.os.environ}}{% endif %} Question: {{question}}")
-    doc, out, seen = run(with_helper(tmp_path, helper, yaml_text=text,
-                                     hf_token=PARTICIPANT_TOKEN))
-    assert doc["status"] == "ok", doc["error"]
+    folder = with_helper(tmp_path, helper, yaml_text=text, hf_token=PARTICIPANT_TOKEN)
+    out = tmp_path / "out"
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    env = {**os.environ, **SECRETS, "TMPDIR": str(scratch), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "e2lmc", "ingest", "--submission",
+                           str(folder), "--input-data", str(one_ckpt), "--output", str(out),
+                           "--engine", "hf"], env=env, capture_output=True, text=True,
+                          timeout=600)
+    seen = proc.stdout + proc.stderr + "".join(
+        p.read_text(errors="replace") for p in out.rglob("*") if p.is_file())
+    for secret in [*SECRETS.values(), PARTICIPANT_TOKEN]:
+        assert secret not in seen, "a secret leaked into the output or the logs"
+    assert list(scratch.iterdir()) == []
+    doc = json.loads((out / R.INGESTION_JSON).read_text())
+    assert proc.returncode == 0 and doc["status"] == "ok", doc["error"]
     prompt = R.read_items(out)[0].prompt
     assert "PYTHONPATH" in prompt  # the dump happened (via the helper and via Jinja)
     assert "HF_TOKEN" not in prompt and "OPENAI" not in prompt and "JUDGE" not in prompt
@@ -356,3 +388,36 @@ def test_zip_entry_bytes_are_counted_not_trusted(tmp_path):
     (tmp_path / "sub.zip").write_bytes(bytes(raw))
     with pytest.raises((UserError, zipfile.BadZipFile)):
         load_submission(tmp_path / "sub.zip", tmp_path / "work", UnpackLimits(max_file_bytes=2000))
+
+
+@pytest.mark.slow
+def test_without_namespaces_the_task_still_runs_confined(run, tmp_path):
+    """The unprivileged fallback (a container without CAP_SYS_ADMIN): no namespaces, but the
+    scrubbed environment, limits and captured output still apply."""
+    helper = (f"import os\ndef process_docs(ds):\n    leaked = set(os.environ) & {set(SECRETS)!r}"
+              "\n    assert not leaked, leaked\n    return ds\n")
+    doc, _, _ = run(with_helper(tmp_path, helper),
+                    Limits(memory_bytes=4 << 30, namespaces=False))
+    assert doc["status"] == "ok", doc["error"]
+    assert doc["isolation"]["network"].startswith("not isolated")
+    assert doc["isolation"]["filesystem"].startswith("not isolated")
+
+
+@pytest.mark.slow
+def test_aggregation_that_rejects_placeholders_still_runs(run, tmp_path):
+    """The metric-key check runs the task's aggregation on placeholder answers; a custom
+    aggregation that cannot digest them must not get a valid task refused."""
+    helper = ("import numpy as np\n"
+              "def diff(items):\n"
+              "    lls = [ll for _, row in items for ll in row]\n"
+              "    if max(lls) > -1.7:\n"
+              "        raise ValueError('placeholder answers')\n"
+              "    return float(np.mean([row[g] - np.mean(row) for g, row in items]))\n")
+    text = build.TASK_YAML.format(name="mini_mc", output_type="multiple_choice").replace(
+        "  - metric: acc\n", "  - metric: likelihood\n    aggregation: !function utils.diff\n")
+    doc, out, _ = run(with_helper(tmp_path, helper, hook=None, yaml_text=text,
+                                  metric="likelihood,none"))
+    assert doc["status"] == "ok", doc["error"]
+    (row,) = R.read_results(out)
+    assert row.value is not None and row.status == "ok"
+

@@ -123,35 +123,65 @@ def test_broken_checkpoint_gets_an_error_row(tiny_grid, tmp_path):
 
 
 @pytest.mark.slow
-def test_time_budget_ends_partial(tiny_grid, tmp_path):
+def test_time_budget_ends_partial_after_the_most_needed(tiny_grid, tmp_path, monkeypatch):
+    """Each finished checkpoint makes the clock jump 100 s: a 250 s budget starts three
+    (at about 0, 100 and 200 s), the three the score needs most."""
+    import e2lmc.ingestion.run as run_mod
+
+    out = tmp_path / "out"
+
+    class Clock:
+        @staticmethod
+        def monotonic() -> float:
+            rows = (out / R.RESULTS_JSONL).read_text().count("\n") if (
+                out / R.RESULTS_JSONL).is_file() else 0
+            return time.monotonic() + 100.0 * rows
+
+    monkeypatch.setattr(run_mod, "time", Clock)
     lines: list[str] = []
-    doc = ingest(build.SCI_CLOZE, tiny_grid.path.parent, tmp_path / "out", engine="hf",
-                 time_budget=0.01, log=lines.append)
-    assert doc["status"] == "partial" and "time budget" in doc["error"]
-    assert doc["checkpoints"]["missing"] and len(doc["checkpoints"]["missing"]) == 9
+    doc = ingest(build.SCI_CLOZE, tiny_grid.path.parent, out, engine="hf", time_budget=250,
+                 log=lines.append)
+    assert doc["status"] == "partial" and "time budget of 250 s" in doc["error"]
+    rows = [(d["model"], d["checkpoint"]) for d in R.iter_jsonl(out / R.RESULTS_JSONL)]
+    assert rows == [("tiny-0-arch1", "iter_0001000"), ("tiny-1-arch2", "iter_0001000"),
+                    ("tiny-0-arch1", "iter_0002000")]
+    assert len(doc["checkpoints"]["missing"]) == 6
+    assert any("ETA" in ln and "[3/9]" in ln for ln in lines)
     with pytest.raises(Exception, match="partial"):
-        R.read_ingestion(tmp_path / "out")
+        R.read_ingestion(out)
+
+
+def start_and_stop(cmd: list[str], env: dict, results: Path, rows: int, sig: int) -> None:
+    """Start the CLI, wait until results.jsonl has `rows` rows, then send `sig`."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if results.is_file() and results.read_text().count("\n") >= rows:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be stopped"
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
 
 
 @pytest.mark.slow
-def test_kill_9_then_resume_equals_uninterrupted(grid_run, tiny_grid, tmp_path):
+def test_sigterm_then_kill_9_then_resume_equals_uninterrupted(grid_run, tiny_grid, tmp_path):
     ref_out, _ = grid_run
     out = tmp_path / "out"
+    results = out / R.RESULTS_JSONL
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "e2lmc", "ingest", "--submission", str(build.SCI_CLOZE),
            "--input-data", str(tiny_grid.path.parent), "--output", str(out), "--engine", "hf"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    results = out / R.RESULTS_JSONL
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        if results.is_file() and results.read_text().count("\n") >= 2:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+
+    start_and_stop(cmd, env, results, 1, signal.SIGTERM)  # the platform's time limit
+    doc = json.loads((out / R.INGESTION_JSON).read_text())
+    assert doc["status"] == "partial" and "SIGTERM" in doc["error"]
+    first = {f"{d['model']}/{d['checkpoint']}": d for d in R.iter_jsonl(results)}
+    assert 1 <= len(first) < 9
+
+    start_and_stop(cmd, env, results, len(first) + 2, signal.SIGKILL)  # resumes, then dies
     before = {f"{d['model']}/{d['checkpoint']}": d for d in R.iter_jsonl(results)}
-    assert 2 <= len(before) < 9
+    assert len(first) + 2 <= len(before) < 9
     assert json.loads((out / R.INGESTION_JSON).read_text())["status"] == "partial"
 
     lines: list[str] = []
@@ -193,3 +223,29 @@ def test_make_submission_round_trip(tmp_path):
     assert (sub.task_name, sub.metric) == ("sci_cloze", "acc,none")
     assert main(["make-submission", str(tmp_path / "nope"), "--task-name", "x", "--metric",
                  "acc,none", "--output", str(tmp_path / "x.zip")]) == 2
+
+
+def test_hf_engine_honours_hub_subfolder_and_local_dirs(monkeypatch, tiny_grid):
+    import lm_eval.models.huggingface as hf_mod
+
+    from e2lmc.engine.hf import load_hflm
+    from e2lmc.errors import UserError
+    from e2lmc.manifest import Checkpoint
+
+    seen = []
+    monkeypatch.setattr(hf_mod, "HFLM", lambda **kw: seen.append(kw) or "lm")
+    hub = Checkpoint(model="m", name="c", source="hf://tiiuae/dense-1b-arch1",
+                     subfolder="iter_0004000", tokens_b=8.4, stage="public")
+    assert load_hflm(hub, "cuda", "bfloat16", max_length=2048, batch_tokens=65536) == "lm"
+    assert seen[-1]["pretrained"] == "tiiuae/dense-1b-arch1"
+    assert seen[-1]["subfolder"] == "iter_0004000"
+    assert (seen[-1]["dtype"], seen[-1]["device"], seen[-1]["batch_size"]) == (
+        "bfloat16", "cuda", 32)
+    local = tiny_grid.checkpoints[0]
+    load_hflm(local, "cpu", "float32")
+    assert seen[-1]["pretrained"] == str(Path(local.source) / local.subfolder)
+    assert seen[-1]["subfolder"] == ""
+    missing = Checkpoint(model="m", name="c", source="/nonexistent", subfolder="x",
+                         tokens_b=1, stage="public")
+    with pytest.raises(UserError, match="config.json"):
+        load_hflm(missing, "cpu", "float32")

@@ -91,7 +91,8 @@ def test_scores_and_layout(tmp_path, bundle, input_data, monkeypatch):
 
 
 def test_failed_ingestion_is_caught_by_scoring(tmp_path, bundle, input_data):
-    with pytest.raises(UserError, match=r"(?s)exit status 1.*ingestion failed \(exit code 3\)") as e:
+    expected = r"(?s)exit status 1.*ingestion failed \(exit code 3\)"
+    with pytest.raises(UserError, match=expected) as e:
         run(tmp_path, bundle, input_data, mode="fail")
     assert "would be marked Failed" in str(e.value)
     meta = yaml.safe_load((tmp_path / "work" / "app" / "input" / "res" / "metadata").read_text())
@@ -159,7 +160,8 @@ def test_scores_must_be_finite(tmp_path, bundle, input_data):
     write_program(prog / "scoring_program", "score.py",
                   "import json, os\nfrom pathlib import Path\n"
                   "root = Path(os.environ['E2LMC_APP_ROOT'])\n"
-                  "(root / 'output' / 'scores.json').write_text(json.dumps({'score': float('nan')}))\n")
+                  "scores = json.dumps({'score': float('nan')})\n"
+                  "(root / 'output' / 'scores.json').write_text(scores)\n")
     with pytest.raises(UserError, match="finite numbers"):
         run_local(submission(tmp_path), "e2lm", bundle=prog, workdir=tmp_path / "w",
                   input_data=input_data)

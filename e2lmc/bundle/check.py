@@ -105,6 +105,13 @@ class Checker:
             self.path(doc["image"], "image (logo)", want_dir=False)
         if "terms" in doc:
             self.nonempty_file(doc["terms"], "terms")
+        queue = doc.get("queue")
+        if queue is not None:
+            try:
+                uuid.UUID(str(queue))
+            except ValueError:
+                self.add("queue", f"{queue!r} is not a queue vhost (a UUID from Queue "
+                         "Management, View Queue Detail); the queue's name does not work")
         docker_image = doc.get("docker_image")
         if docker_image is not None and (not isinstance(docker_image, str)
                                          or not docker_image.strip()):

@@ -10,8 +10,8 @@ Two steps, as on the platform:
 
 Each program's metadata.yaml `command` runs without a shell, from `/app/program`, with only
 `PYTHONUNBUFFERED=1` set, like the worker. Docker mode mounts the same folders into the
-image with the worker's hardening (all capabilities dropped, no-new-privileges, a GPU
-request when asked). In-process mode runs the command as a subprocess of this Python with
+image with the worker's hardening (all capabilities dropped: the worker's explicit list is
+exactly Docker's default set; no-new-privileges; a GPU request when asked). In-process mode runs the command as a subprocess of this Python with
 `E2LMC_APP_ROOT` pointing at the laid-out folder instead of `/app`; the few host variables
 it keeps are listed in HOST_ENV (paths, locale, caches, offline switches: never tokens or
 keys).
@@ -287,15 +287,16 @@ class DockerRunner:
             security_opt=["no-new-privileges"], network_disabled=not self.network,
             detach=True, **kwargs)
         out, err = logs / f"{name}.stdout.txt", logs / f"{name}.stderr.txt"
+        import requests
+
         start = time.monotonic()
         code: int | None
         try:
             container.start()
             try:
                 code = int(container.wait(timeout=timeout)["StatusCode"])
-            except Exception as exc:  # requests' ReadTimeout: the time limit
-                if "timed out" not in str(exc).lower() and "timeout" not in type(exc).__name__.lower():
-                    raise
+            except (requests.exceptions.ReadTimeout,
+                    requests.exceptions.ConnectionError):  # the time limit ran out
                 container.kill()
                 code = None
             out.write_bytes(container.logs(stdout=True, stderr=False))

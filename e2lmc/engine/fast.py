@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ class FastLM(LM):
 
     def __init__(self, model: Any, tokenizer: Any, *, device: str = "cpu",
                  max_length: int = 2048, batch_tokens: int = 65536,
-                 shared: dict[str, Any] | None = None, row_tokens: int = 2048,
+                 shared: dict[str, Any] | None = None, row_tokens: int = 512,
                  add_bos_token: bool | None = None, name: str = "model") -> None:
         super().__init__()
         from lm_eval.models.utils import configure_pad_token
@@ -71,7 +71,16 @@ class FastLM(LM):
         self._base = getattr(model, base_prefix)
         self._head = model.get_output_embeddings()
         self._softcap = getattr(model.config, "final_logit_softcapping", None)
-        self._sdpa = getattr(model.config, "_attn_implementation", "sdpa") == "sdpa"
+        impl = getattr(model.config, "_attn_implementation", "sdpa") or "sdpa"
+        if impl not in ("sdpa", "eager"):
+            raise ValueError(f"the fast engine packs sequences with a tree attention mask, "
+                             f"which needs attn_implementation sdpa or eager, not {impl!r}")
+        window = getattr(model.config, "sliding_window", None)
+        if window and getattr(model.config, "use_sliding_window", True) and window < max_length:
+            raise ValueError(f"{type(model).__name__} uses sliding-window attention "
+                             f"({window} < max_length {max_length}), which the fast engine's "
+                             "packed rows do not reproduce; use --engine hf")
+        self._sdpa = impl == "sdpa"
         import inspect
 
         params = inspect.signature(self._base.forward).parameters
@@ -90,7 +99,12 @@ class FastLM(LM):
         sub = {"subfolder": subfolder} if subfolder else {}
         tokenizer = AutoTokenizer.from_pretrained(pretrained, use_fast=True, **sub)
         torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-        model = AutoModelForCausalLM.from_pretrained(pretrained, dtype=torch_dtype, **sub)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(pretrained, dtype=torch_dtype,
+                                                         attn_implementation="sdpa", **sub)
+        except ValueError:  # an architecture without SDPA support
+            model = AutoModelForCausalLM.from_pretrained(pretrained, dtype=torch_dtype,
+                                                         attn_implementation="eager", **sub)
         model.to(device)
         return cls(model, tokenizer, device=device, max_length=max_length,
                    batch_tokens=batch_tokens, shared=shared,
@@ -125,10 +139,8 @@ class FastLM(LM):
         t0 = time.perf_counter()
         args = [tuple(r.args) for r in requests]
         key = ("ll", tokcache.requests_digest("ll", args))
-        pairs = self._cache.get(key)
-        if pairs is None:
-            pairs = self._cache[key] = self.encoder.encode_pairs(args)
-        out = self.score_tokens(pairs, plan_key=key)
+        plan = self._plan(key, lambda: self.encoder.encode_pairs(args))
+        out = self.run_plan(plan)
         for a, res in zip(args, out):
             self.cache_hook.add_partial("loglikelihood", a, res)
         self.counters["seconds"] += time.perf_counter() - t0
@@ -141,25 +153,27 @@ class FastLM(LM):
         t0 = time.perf_counter()
         args = [tuple(r.args) for r in requests]
         key = ("rolling", tokcache.requests_digest("rolling", args))
-        cached = self._cache.get(key)
-        if cached is None:
-            windows: list[tuple[list[int], list[int]]] = []
-            owner: list[int] = []
+        owner: list[int] = []
+
+        def windows() -> list[tuple[list[int], list[int]]]:
+            out = []
             for i, tokens in enumerate(self.encoder.encode_many([a[0] for a in args])):
                 for w in get_rolling_token_windows(token_list=tokens,
                                                    prefix_token=self.prefix_token_id,
                                                    max_seq_len=self.max_length, context_len=1):
-                    windows.append(make_disjoint_window(w))
+                    out.append(make_disjoint_window(w))
                     owner.append(i)
-            cached = self._cache[key] = (windows, np.asarray(owner, dtype=np.int64))
-        windows, owner = cached
-        scores = self.score_tokens(windows, plan_key=key)
-        totals = np.bincount(owner, weights=[s for s, _ in scores], minlength=len(args))
-        out = [float(x) for x in totals]
-        for a, res in zip(args, out):
+            return out
+
+        plan = self._plan(key, windows)
+        owners = self._cache.setdefault(("owner",) + key, np.asarray(owner, dtype=np.int64))
+        scores = self.run_plan(plan)
+        totals = np.bincount(owners, weights=[s for s, _ in scores], minlength=len(args))
+        result = [float(x) for x in totals]
+        for a, res in zip(args, result):
             self.cache_hook.add_partial("loglikelihood_rolling", a, res)
         self.counters["seconds"] += time.perf_counter() - t0
-        return out
+        return result
 
     def generate_until(self, requests: Sequence[Any], disable_tqdm: bool = False) -> list[str]:
         from e2lmc.engine.generate import generate_until
@@ -173,19 +187,28 @@ class FastLM(LM):
 
     # -- scoring -----------------------------------------------------------------------
 
-    def score_tokens(self, pairs: Sequence[tuple[list[int], list[int]]],
+    def score_tokens(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
                      plan_key: Any = None) -> list[tuple[float, bool]]:
-        """(context ids, continuation ids) -> (log-likelihood, is greedy), as HFLM does."""
-        if not pairs:
-            return []
-        key = ("plan", plan_key, self.max_length, self.row_tokens, self.batch_tokens)
-        plan = self._cache.get(key) if plan_key is not None else None
+        """(context ids, continuation ids) -> (log-likelihood, is greedy), as HFLM does.
+
+        With `plan_key`, the plan is kept in `shared` and reused by later checkpoints."""
+        if plan_key is None:
+            return self.run_plan(self._build(pairs))
+        return self.run_plan(self._plan(("tokens", plan_key), lambda: pairs))
+
+    def _build(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> Plan:
+        return build_plan(pairs, self.max_length, row_tokens=self.row_tokens,
+                          batch_tokens=self.batch_tokens)
+
+    def _plan(self, key: tuple, make_pairs: Callable[[], Sequence]) -> Plan:
+        """The cached plan for a request list; tokenizes only on the first checkpoint.
+
+        Only the plan is kept (not the token lists): it holds every unique token once."""
+        full_key = ("plan",) + key + (self.max_length, self.row_tokens, self.batch_tokens)
+        plan = self._cache.get(full_key)
         if plan is None:
-            plan = build_plan(pairs, self.max_length, row_tokens=self.row_tokens,
-                              batch_tokens=self.batch_tokens)
-            if plan_key is not None:
-                self._cache[key] = plan
-        return self.run_plan(plan)
+            plan = self._cache[full_key] = self._build(make_pairs())
+        return plan
 
     def run_plan(self, plan: Plan) -> list[tuple[float, bool]]:
         n_entries = len(plan.entry_request)

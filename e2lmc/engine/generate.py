@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
+from e2lmc.engine import tokcache
+
 if TYPE_CHECKING:
     from e2lmc.engine.fast import FastLM
 
@@ -36,12 +38,10 @@ def generate_until(lm: "FastLM", args: Sequence[tuple[str, dict[str, Any]]]) -> 
             raise ValueError(f"max_gen_toks ({max_gen}) must be below the model's maximum "
                              f"length ({lm.max_length})")
         contexts = [args[i][0] for i in idx]
-        # as HFLM's tok_batch_encode: no special tokens when the text starts with BOS
-        specials = [False if bos and c.startswith(bos) else lm.encoder.add_bos_token
-                    for c in contexts]
-        for flag in set(specials):  # one batched tokenizer call per setting
-            lm.encoder.encode_many([c for c, f in zip(contexts, specials) if f is flag], flag)
-        encs = [lm.encoder.encode(c, f)[-max_ctx:] for c, f in zip(contexts, specials)]
+        key = ("gen", tokcache.requests_digest("gen", [(c,) for c in contexts]), max_ctx)
+        encs = lm._cache.get(key)
+        if encs is None:
+            encs = lm._cache[key] = _encode_contexts(lm, contexts, bos, max_ctx)
         order = sorted(range(len(idx)), key=lambda j: -len(encs[j]))
         batch: list[int] = []
         for j in order + [None]:
@@ -54,6 +54,18 @@ def generate_until(lm: "FastLM", args: Sequence[tuple[str, dict[str, Any]]]) -> 
                 out[idx[k]] = t
             batch = [j] if j is not None else []
     return [o if o is not None else "" for o in out]
+
+
+def _encode_contexts(lm: "FastLM", contexts: list[str], bos: str | None,
+                     max_ctx: int) -> list[list[int]]:
+    """As HFLM's tok_batch_encode: no special tokens when the text starts with BOS."""
+    flags = [False if bos and c.startswith(bos) else lm.encoder.add_bos_token for c in contexts]
+    out: list[list[int]] = [[] for _ in contexts]
+    for flag in set(flags):
+        idx = [i for i, f in enumerate(flags) if f is flag]
+        for i, ids in zip(idx, lm.encoder.encode_many([contexts[i] for i in idx], flag)):
+            out[i] = ids[-max_ctx:]
+    return out
 
 
 def _generate(lm: "FastLM", encs: list[list[int]], until: list[str], max_gen: int,
@@ -98,7 +110,11 @@ def _generate_batch(lm: "FastLM", encs: list[list[int]], until: list[str], max_g
     gen = lm.model.generate(input_ids=ids, attention_mask=mask, max_length=max_length,
                             stopping_criteria=stopping, pad_token_id=pad, use_cache=True,
                             **kwargs)
-    lm.counters["tokens_forwarded"] += int(mask.sum()) + (gen.shape[1] - width) * len(encs)
+    tokens = int(mask.sum()) + (gen.shape[1] - width) * len(encs)
+    lm.counters["tokens_forwarded"] += tokens
+    lm.counters["unique_tokens"] += tokens  # generation shares nothing
+    lm.counters["tokens_requested"] += tokens
+    lm.counters["requests"] += len(encs)
     texts = []
     for row in gen.tolist():
         s = lm.tokenizer.decode(row[width:], skip_special_tokens=True)

@@ -51,77 +51,72 @@ def requests_digest(kind: str, args: Sequence[tuple]) -> str:
 
 
 class Encoder:
-    """HFLM-compatible encoding with batched tokenizer calls and per-string memoization."""
+    """HFLM-compatible encoding with batched tokenizer calls.
+
+    Nothing is memoized here: callers keep what they need (the scoring plan holds every
+    unique token once), so a large task does not keep millions of Python ints alive."""
 
     def __init__(self, tokenizer: Any, prefix_token_id: int, add_bos_token: bool | None = None):
         self.tokenizer = tokenizer
         self.prefix_token_id = prefix_token_id
         self.add_bos_token = add_bos_token
         self._bos_text = tokenizer.decode(prefix_token_id)
-        self._memo: dict[tuple[str, bool | None], list[int]] = {}
 
-    def _special(self, s: str, add_special_tokens: bool | None) -> bool | None:
+    def _special(self, s: str) -> bool | None:
         """HFLM.tok_encode's rule for `add_special_tokens` (None = tokenizer default)."""
-        if add_special_tokens is not None:
-            return add_special_tokens
         if self._bos_text and s.startswith(self._bos_text):
             return False
         return self.add_bos_token
 
-    def encode_many(self, strings: Sequence[str],
+    def encode_many(self, texts: Sequence[str],
                     add_special_tokens: bool | None = None) -> list[list[int]]:
-        """Encode with one batched tokenizer call per special-token setting."""
-        keys = [(s, self._special(s, add_special_tokens)) for s in strings]
-        todo: dict[bool | None, list[str]] = {}
-        seen: set[tuple[str, bool | None]] = set()
-        for k in keys:
-            if k not in self._memo and k not in seen:
-                seen.add(k)
-                todo.setdefault(k[1], []).append(k[0])
-        for special, texts in todo.items():
-            kwargs = {} if special is None else {"add_special_tokens": special}
-            ids = self.tokenizer(texts, **kwargs)["input_ids"]
-            for s, t in zip(texts, ids):
-                self._memo[(s, special)] = list(t)
-        return [self._memo[k] for k in keys]
+        """Encode in batched tokenizer calls, one per special-token setting.
 
-    def encode(self, s: str, add_special_tokens: bool | None = None) -> list[int]:
-        return self.encode_many([s], add_special_tokens)[0]
+        `add_special_tokens=None` applies HFLM's rule per string (no special tokens when
+        the text already starts with the BOS text, else the `add_bos_token` setting)."""
+        groups: dict[bool | None, list[int]] = {}
+        for i, t in enumerate(texts):
+            flag = self._special(t) if add_special_tokens is None else add_special_tokens
+            groups.setdefault(flag, []).append(i)
+        out: list[list[int]] = [[] for _ in texts]
+        for flag, idx in groups.items():
+            kwargs = {} if flag is None else {"add_special_tokens": flag}
+            batch = self.tokenizer([texts[i] for i in idx], **kwargs)["input_ids"]
+            for i, ids in zip(idx, batch):
+                out[i] = list(ids)
+        return out
 
     def encode_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[Pair]:
-        """(context, continuation) -> (context ids, continuation ids), as TemplateLM does."""
+        """(context, continuation) -> (context ids, continuation ids), as TemplateLM does.
+
+        A context shared by several continuations is encoded once and its id list object
+        shared, which the planner exploits."""
         split: list[tuple[str, str]] = []
-        empties: list[int] = []
-        for i, (ctx, cont) in enumerate(pairs):
-            if ctx == "":
-                empties.append(i)
-                split.append(("", cont))
-                continue
+        for ctx, cont in pairs:
             n = len(ctx) - len(ctx.rstrip())
-            if n:
+            if n and ctx.strip():
                 ctx, cont = ctx[:-n], ctx[-n:] + cont
             split.append((ctx, cont))
-        full = [c + x for c, x in split]
-        wanted = [s for i, s in enumerate(full) if split[i][0] != ""]
-        wanted += [c for c, _ in split if c != ""]
-        self.encode_many(sorted(set(wanted)))  # one batched call for everything
-        empty_conts = self.encode_many([split[i][1] for i in empties], add_special_tokens=False)
+        contexts = sorted({c for c, _ in split if c})
+        ctx_ids = dict(zip(contexts, self.encode_many(contexts)))
+        wholes = sorted({c + x for c, x in split if c})
+        whole_ids = dict(zip(wholes, self.encode_many(wholes)))
+        empties = [x for c, x in split if not c]
+        empty_ids = dict(zip(empties, self.encode_many(empties, add_special_tokens=False)))
         out: list[Pair] = []
-        e = iter(empty_conts)
         for ctx, cont in split:
-            if ctx == "":
-                cont_enc = next(e)
-                if not cont_enc:
-                    raise ValueError("a loglikelihood request has an empty context and an "
-                                     "empty continuation; nothing to score")
-                if cont_enc[0] != self.prefix_token_id:
-                    out.append(([self.prefix_token_id], cont_enc))
-                else:
-                    out.append((cont_enc[:1], cont_enc[1:]))
+            if ctx:
+                c = ctx_ids[ctx]
+                out.append((c, whole_ids[ctx + cont][len(c):]))
                 continue
-            whole = self.encode(ctx + cont)
-            ctx_enc = self.encode(ctx)
-            out.append((ctx_enc, whole[len(ctx_enc):]))
+            cont_enc = empty_ids[cont]
+            if not cont_enc:
+                raise ValueError("a loglikelihood request has an empty context and an "
+                                 "empty continuation; nothing to score")
+            if cont_enc[0] != self.prefix_token_id:
+                out.append(([self.prefix_token_id], cont_enc))
+            else:
+                out.append((cont_enc[:1], cont_enc[1:]))
         return out
 
 

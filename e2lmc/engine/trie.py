@@ -5,7 +5,8 @@ HFLM feeds it) and the positions whose next-token log-probabilities it needs. Al
 go into a radix tree (a trie over token ids with single-child chains merged into one
 edge): a token shared by many requests is one node. The tree is cut into *items*:
 
-- a subtree that fits in one row of `row_tokens` tokens is a *unit*, forwarded whole;
+- a subtree that fits in one row of `row_tokens` tokens (or a single long edge) is a
+  *unit*, forwarded whole;
 - a larger subtree contributes only its own edge, a *prefix*, whose key/value cache is
   kept and reused by every item below it (the few-shot prefix of a task, a long document
   context shared by its answer choices).
@@ -140,8 +141,8 @@ def _lcp(a: np.ndarray, b: np.ndarray) -> int:
 
 
 def build_plan(requests: Sequence[tuple[Sequence[int], Sequence[int]]], max_length: int,
-               row_tokens: int = 2048, batch_tokens: int = 65536,
-               kv_tokens: int = 1 << 20) -> Plan:
+               row_tokens: int = 512, batch_tokens: int = 65536,
+               kv_tokens: int = 1 << 17) -> Plan:
     """Plan (context ids, continuation ids) requests with HFLM's left truncation.
 
     HFLM feeds `(context + continuation)[-(max_length + 1):][:-1]` and scores the last
@@ -196,14 +197,14 @@ def build_plan(requests: Sequence[tuple[Sequence[int], Sequence[int]]], max_leng
         entries_by_node.setdefault(pos_node[p], []).append(e)
 
     size = tree.subtree_sizes()
-    row_cap = max(row_tokens, int((end - start).max()) if n_nodes > 1 else 1)
+    row_cap = max(1, row_tokens)  # an edge longer than a row gets a row of its own
 
     # cut the tree into items per cached prefix: (kind, node, tokens in row)
     items: dict[int, list[tuple[str, int, int]]] = {}
     todo = [(c, ROOT) for c in reversed(tree.children[ROOT])]
     while todo:
         node, past = todo.pop()
-        if size[node] <= row_cap:
+        if size[node] <= row_cap or not tree.children[node]:
             items.setdefault(past, []).append(("unit", node, size[node]))
         else:
             items.setdefault(past, []).append(("prefix", node, tree.end[node] - tree.start[node]))

@@ -13,13 +13,17 @@ A re-run with the same submission resumes: rows already finished are kept, not r
 
 from __future__ import annotations
 
+import functools
 import gc
+import json
 import os
 import platform
 import shutil
-import sys
+import signal
 import tempfile
+import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,7 @@ from e2lmc.errors import UserError
 from e2lmc.ingestion import submission as S
 from e2lmc.ingestion import validate
 from e2lmc.ingestion.taskproc import Limits, TaskProcess, TaskProcessError, redact
+from e2lmc.engine import shard
 from e2lmc.manifest import Checkpoint, Manifest, load_manifest
 
 
@@ -92,6 +97,17 @@ def versions() -> dict[str, str]:
         except Exception:  # noqa: BLE001 - a missing optional module is just not reported
             pass
     return out
+
+
+def _not_dumpable() -> None:
+    """Make this process's /proc entries (environment, memory) unreadable to a task process
+    that keeps our user but lacks CAP_SYS_PTRACE (Docker's default)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 4
+    except (OSError, AttributeError):
+        pass
 
 
 def _check_engine(engine: str) -> None:
@@ -159,21 +175,30 @@ def _private_paths(manifest: Manifest, output: Path, input_data: Path,
     return paths
 
 
+def _write_items(path: Path, items: list[R.Item]) -> None:
+    """All at once, atomically: items do not depend on checkpoints."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for item in items:
+            fh.write(json.dumps(asdict(item), ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
 # --------------------------------------------------------------------------- resume
-def _resume_rows(output: Path, fp: str, task: str, metric: str) -> dict[str, dict]:
+def _resume_rows(output: Path, fp: str, task: str, metric: str,
+                 engine: str) -> dict[str, dict]:
     """Finished rows of an earlier run of the same submission; otherwise start clean."""
     path = output / R.INGESTION_JSON
     prior = None
     if path.is_file():
         try:
-            import json
-
             prior = json.loads(path.read_text())
         except ValueError:
             prior = None
     same = (isinstance(prior, dict) and isinstance(prior.get("submission"), dict)
             and prior["submission"].get("fingerprint") == fp
-            and prior.get("task") == task and prior.get("metric") == metric)
+            and prior.get("task") == task and prior.get("metric") == metric
+            and (prior.get("engine") or {}).get("name") == engine)
     rows: dict[str, dict] = {}
     if same:
         try:
@@ -195,11 +220,30 @@ def _resume_rows(output: Path, fp: str, task: str, metric: str) -> dict[str, dic
 
 
 # --------------------------------------------------------------------------- the run
+def _print_flushed(line: str) -> None:
+    print(line, flush=True)
+
+
+class Stopped(BaseException):
+    """SIGTERM (the platform's time limit): finish cleanly with status `partial`.
+
+    A BaseException so that the per-checkpoint error handling does not swallow it.
+    """
+
+
+def _on_sigterm(signum, frame):
+    raise Stopped()
+
+
 def ingest(submission: Path, input_data: Path, output: Path, engine: str | None = None,
            device: str | None = None, time_budget: float | None = None,
            data_dir: Path | None = None, limits: Limits | None = None,
-           log=print) -> dict[str, Any]:
-    """Run a submission over the manifest's grid; return the ingestion.json document."""
+           log=None) -> dict[str, Any]:
+    """Run a submission over the manifest's grid; return the ingestion.json document.
+
+    `log` receives the progress lines (default: stdout, flushed line by line).
+    """
+    log = log or _print_flushed
     t0 = time.monotonic()
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -207,6 +251,9 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
                            "timings": {}, "engine": {}, "models": {}}
     workdir = Path(tempfile.mkdtemp(prefix="e2lmc-ingest-"))
     tp: TaskProcess | None = None
+    _not_dumpable()
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     secrets: list[str] = [os.environ.get("HF_TOKEN", "")]
     try:
         manifest = load_manifest(input_data, data_dir=data_dir)
@@ -228,7 +275,8 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
         t_prep = time.monotonic()
         tp = TaskProcess(sub.tasks_dir, sub.task_name, workdir,
                          allow_network=d.allow_network, hf_token=sub.hf_token, limits=limits,
-                         hide=_private_paths(manifest, output, input_data, data_dir))
+                         hide=_private_paths(manifest, output, input_data, data_dir),
+                         output=output)
         try:
             prepared = tp.start()
         except TaskProcessError:
@@ -243,17 +291,9 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
         log(f"ingest: {checked['n_docs']} documents, {len(prepared.requests)} requests "
             f"({checked['output_type']}), prepared in {doc['timings']['prepare_s']:.1f} s")
 
-        done = _resume_rows(output, sub.fingerprint, sub.task_name, sub.metric)
+        done = _resume_rows(output, sub.fingerprint, sub.task_name, sub.metric, engine)
         if not done or not (output / R.ITEMS_JSONL).is_file():
-            tmp = output / (R.ITEMS_JSONL + ".tmp")
-            tmp.unlink(missing_ok=True)
-            with open(tmp, "w", encoding="utf-8") as fh:
-                import json
-                from dataclasses import asdict
-
-                for item in prepared.items:
-                    fh.write(json.dumps(asdict(item), ensure_ascii=False) + "\n")
-            tmp.replace(output / R.ITEMS_JSONL)
+            _write_items(output / R.ITEMS_JSONL, prepared.items)
         doc["status"], doc["error"] = "partial", "ingestion in progress (or interrupted)"
         R.write_json(output / R.INGESTION_JSON, doc)
 
@@ -261,11 +301,14 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
         todo = [c for c in order if c.key not in done]
         if done:
             log(f"ingest: resuming, {len(done)} of {len(order)} checkpoints already done")
-        shared: dict[str, Any] = {}
         counters: dict[str, float] = {}
         spent: list[float] = []
         stopped = None
         t_grid = time.monotonic()
+        outcomes = shard.run(
+            functools.partial(engine_answers, requests=prepared.requests, engine=engine,
+                              defaults=d),
+            todo, grid_devices(device))
         for n, ck in enumerate(todo, 1):
             elapsed = time.monotonic() - t0
             est = sum(spent) / len(spent) if spent else 0.0
@@ -274,18 +317,21 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
                            f"{len(order) - len(todo) + n - 1} of {len(order)} checkpoints")
                 break
             label = f"ckpt-{order.index(ck):03d}"
-            row = _evaluate_one(ck, label, prepared.requests, tp, sub.metric, engine, device,
-                                d, shared, counters, secrets)
+            _index, outcome, crash = next(outcomes)
+            row = _score_row(ck, label, outcome or {"error": f"engine worker: {crash}"}, tp,
+                             sub.metric, counters, secrets)
             R.append_jsonl(output / R.RESULTS_JSONL, row)
             spent.append(row.seconds or 0.0)
             eta = (len(todo) - n) * (sum(spent) / len(spent))
             shown = ("" if ck.stage == "hidden" or row.value is None
                      else f" {sub.metric}={row.value:.4f}")
-            status = "" if row.status == "ok" else f" ERROR: {row.error}"
+            status = ("" if row.status == "ok" else " ERROR" if ck.stage == "hidden"
+                      else f" ERROR: {row.error}")
             log(f"[{len(order) - len(todo) + n}/{len(order)}] {ck.key} ({ck.stage}){shown}"
                 f"{status} in {row.seconds:.1f} s, ETA {_fmt_s(eta)}")
             if not tp.alive:  # the task process died: nothing more can be scored
                 raise TaskProcessError("crashed", row.error or "the task process stopped")
+        outcomes.close()  # stops GPU workers still busy when the budget ran out
         doc["timings"]["grid_s"] = round(time.monotonic() - t_grid, 3)
         doc["engine"]["counters"] = counters
         rows = {r.key: r for r in R.read_results(output)}
@@ -306,7 +352,12 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
         doc["status"], doc["error"] = "failed", redact(str(exc), secrets)
         if isinstance(exc, TaskProcessError):
             doc["error_kind"] = exc.kind
+    except Stopped:
+        doc["status"] = "partial" if (output / R.RESULTS_JSONL).is_file() else "failed"
+        doc["error"] = "stopped by SIGTERM (platform time limit?); re-run to resume"
     finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
         if tp is not None:
             tp.cleanup()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -317,44 +368,67 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
     return doc
 
 
-def _evaluate_one(ck: Checkpoint, label: str, requests, tp: TaskProcess, metric: str,
-                  engine: str, device: str, d, shared: dict, counters: dict,
-                  secrets: list[str]) -> R.ResultRow:
+def grid_devices(device: str) -> list[str]:
+    """Where the checkpoints run: one worker per visible GPU, or the one device asked for."""
+    if device in (None, "auto", "cuda"):
+        found = shard.devices()
+        if device == "cuda" and found == ["cpu"]:
+            raise UserError("--device cuda was asked for but no GPU is visible; use --device "
+                            "cpu or auto")
+        return found
+    return [device]
+
+
+def engine_answers(ck: Checkpoint, device: str, shared: dict, *, requests, engine: str,
+                   defaults) -> dict[str, Any]:
+    """Trusted side of one checkpoint: load it, answer every request. Never raises, so a
+    broken checkpoint becomes an error row and the grid goes on (also in a GPU worker)."""
     from e2lmc.engine import make_lm
 
     t = time.monotonic()
+    try:
+        lm = make_lm(engine, ck, device=device, dtype=defaults.dtype,
+                     max_length=defaults.max_length, batch_tokens=defaults.batch_tokens,
+                     shared=shared)
+    except Exception as exc:  # noqa: BLE001 - a broken checkpoint must not stop the grid
+        return {"error": f"checkpoint failed to load: {type(exc).__name__}: {exc}",
+                "seconds": time.monotonic() - t}
+    try:
+        answers = answer_requests(lm, requests)
+        counters = {k: v for k, v in (getattr(lm, "counters", None) or {}).items()
+                    if isinstance(v, (int, float))}
+        return {"answers": answers, "counters": counters, "seconds": time.monotonic() - t}
+    except Exception as exc:  # noqa: BLE001
+        return {"error": f"engine failed: {type(exc).__name__}: {exc}",
+                "seconds": time.monotonic() - t}
+    finally:
+        _release(lm)
+
+
+def _score_row(ck: Checkpoint, label: str, outcome: dict[str, Any], tp: TaskProcess,
+               metric: str, counters: dict, secrets: list[str]) -> R.ResultRow:
+    """Untrusted side of one checkpoint: the task process turns answers into metrics."""
+    t = time.monotonic()
     row = R.ResultRow(model=ck.model, checkpoint=ck.name, tokens_b=ck.tokens_b, stage=ck.stage,
                       metric=metric, value=None, iteration=ck.iteration)
-    try:
-        lm = make_lm(engine, ck, device=device, dtype=d.dtype, max_length=d.max_length,
-                     batch_tokens=d.batch_tokens, shared=shared)
-    except Exception as exc:  # noqa: BLE001 - a broken checkpoint must not stop the grid
+    if outcome.get("error"):
         row.status = "error"
-        row.error = redact(f"checkpoint failed to load: {type(exc).__name__}: {exc}", secrets)[:500]
+        row.error = redact(outcome["error"], secrets)[:500]
     else:
+        for k, v in outcome["counters"].items():
+            counters[k] = counters.get(k, 0) + v
         try:
-            answers = answer_requests(lm, requests)
-            for k, v in (getattr(lm, "counters", None) or {}).items():
-                if isinstance(v, (int, float)):
-                    counters[k] = counters.get(k, 0) + v
-        except Exception as exc:  # noqa: BLE001
-            answers = None
+            metrics = tp.score(label, outcome["answers"])
+            row.metrics = metrics
+            row.value = metrics.get(metric)
+            row.stderr = metrics.get(stderr_key(metric))
+            if row.value is None:
+                row.error = f"metric {metric} is not a finite number for this checkpoint"
+        except TaskProcessError as exc:
             row.status = "error"
-            row.error = redact(f"engine failed: {type(exc).__name__}: {exc}", secrets)[:500]
-        _release(lm)
-        if answers is not None:
-            try:
-                metrics = tp.score(label, answers)
-                row.metrics = metrics
-                row.value = metrics.get(metric)
-                row.stderr = metrics.get(stderr_key(metric))
-                if row.value is None:
-                    row.error = f"metric {metric} is not a finite number for this checkpoint"
-            except TaskProcessError as exc:
-                row.status = "error"
-                row.error = (str(exc) if ck.stage == "public" else
-                             f"the task failed on a hidden checkpoint ({exc.kind})")
-    row.seconds = round(time.monotonic() - t, 3)
+            row.error = (str(exc) if ck.stage == "public" else
+                         f"the task failed on a hidden checkpoint ({exc.kind})")
+    row.seconds = round(outcome.get("seconds", 0.0) + time.monotonic() - t, 3)
     return row
 
 

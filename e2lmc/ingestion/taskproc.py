@@ -27,6 +27,7 @@ from e2lmc.results import Item
 REQUEST_TYPES = ("loglikelihood", "loglikelihood_rolling", "generate_until")
 NOBODY = 65534
 GIB = 1 << 30
+CAP_CHOWN, CAP_SETGID, CAP_SETUID = 0, 6, 7
 
 
 @dataclass
@@ -43,6 +44,7 @@ class Limits:
     max_prompt_chars: int = 200_000  # ~ 40k tokens: far above max_length 2048
     max_requests: int = 2_000_000
     drop_privileges: bool = True
+    namespaces: bool = True  # network/mount/PID namespaces where the platform allows them
 
 
 class TaskProcessError(UserError):
@@ -58,6 +60,18 @@ class Prepared:
     info: dict[str, Any]
     requests: list[tuple[str, tuple]]
     items: list[Item]
+
+
+def _has_capabilities(*bits: int) -> bool:
+    """Whether this process holds these capabilities (root in a container may not)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                eff = int(line.split()[1], 16)
+                return all(eff >> b & 1 for b in bits)
+    except (OSError, ValueError):
+        pass
+    return False
 
 
 def _world_readable(path: Path) -> bool:
@@ -84,7 +98,7 @@ class TaskProcess:
     def __init__(self, tasks_dir: Path, task_name: str, workdir: Path, *,
                  allow_network: bool = False, hf_token: str | None = None,
                  limits: Limits | None = None, fewshot_seed: int = 1234,
-                 hide: list[Path] | None = None):
+                 hide: list[Path] | None = None, output: Path | None = None):
         self.tasks_dir = Path(tasks_dir)
         self.task_name = task_name
         self.workdir = Path(workdir)
@@ -96,6 +110,7 @@ class TaskProcess:
         self.log_path = self.workdir / "taskproc.log"
         self._secrets = [hf_token] if hf_token else []
         self.hide = hide or []
+        self.output = output
 
     # ------------------------------------------------------------------ lifecycle
     def _env(self, home: Path) -> dict[str, str]:
@@ -122,7 +137,8 @@ class TaskProcess:
 
     def _can_drop(self) -> bool:
         """Run the child as `nobody` when root and the interpreter is world-readable."""
-        if not (self.limits.drop_privileges and os.geteuid() == 0):
+        if not (self.limits.drop_privileges and os.geteuid() == 0
+                and _has_capabilities(CAP_CHOWN, CAP_SETGID, CAP_SETUID)):
             return False
         import lm_eval
 
@@ -165,6 +181,10 @@ class TaskProcess:
                     break
                 parent.chmod(0o755)
             os.chown(home, NOBODY, NOBODY)
+            if self.output is not None and self.output.stat().st_uid == os.geteuid():
+                # a world-writable output folder (some workers make it so) would let the
+                # unprivileged task process plant files next to the results
+                self.output.chmod(self.output.stat().st_mode & 0o755)
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         self._out, self._in = to_child_w, from_child_r

@@ -1,0 +1,109 @@
+"""Docker mode's container settings, checked without a Docker engine (a fake client).
+
+The real engine is exercised by tests/test_docker_worker.py where one is available; this
+test pins the worker's hardening everywhere: capabilities, no-new-privileges, mounts,
+environment, GPU request, network, user.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from bundle_standins import make_standin_bundle
+from e2lmc.bundle.worker import run_local
+
+
+class FakeContainer:
+    def __init__(self, kwargs: dict) -> None:
+        self.kwargs = kwargs
+
+    def start(self) -> None:
+        mounts = {v["bind"]: Path(host) for host, v in self.kwargs["volumes"].items()}
+        if "/app/input" in mounts:  # the scoring step: produce what score.py would
+            (mounts["/app/output"] / "scores.json").write_text(json.dumps({"score": 0.5}))
+
+    def wait(self, timeout=None) -> dict:
+        return {"StatusCode": 0}
+
+    def logs(self, stdout=True, stderr=True) -> bytes:
+        return b""
+
+    def kill(self) -> None:
+        pass
+
+    def remove(self, force=False) -> None:
+        pass
+
+
+class FakeClient:
+    def __init__(self) -> None:
+        self.created: list[dict] = []
+        self.images = types.SimpleNamespace(get=lambda name: object())
+        self.containers = types.SimpleNamespace(create=self._create)
+
+    def ping(self) -> bool:
+        return True
+
+    def _create(self, image, **kwargs):
+        self.created.append({"image": image, **kwargs})
+        return FakeContainer(kwargs)
+
+
+@pytest.fixture
+def fake_docker(monkeypatch) -> FakeClient:
+    import docker
+
+    client = FakeClient()
+    monkeypatch.setattr(docker, "from_env", lambda: client)
+    return client
+
+
+def test_container_settings(tmp_path, fake_docker, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    bundle = make_standin_bundle(tmp_path / "bundle")
+    sub = tmp_path / "sub.zip"
+    with zipfile.ZipFile(sub, "w") as zf:
+        zf.writestr("metadata.yaml", "task_name: t\n")
+    data = tmp_path / "staged"
+    data.mkdir()
+    result = run_local(sub, "e2lm", bundle=bundle, docker_image="e2lmc:test", gpus=True,
+                       workdir=tmp_path / "w", data=data, network=False, user="1000:1000",
+                       env={"HF_HUB_OFFLINE": "1"})
+    assert result.leaderboard == {"score": 0.5}
+    ingestion, scoring = fake_docker.created
+    for call in (ingestion, scoring):
+        assert call["image"] == "e2lmc:test"
+        assert call["cap_drop"] == ["ALL"]
+        assert call["security_opt"] == ["no-new-privileges"]
+        assert call["working_dir"] == "/app/program"
+        assert call["environment"] == {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+        assert call["network_disabled"] is True and call["user"] == "1000:1000"
+        (request,) = call["device_requests"]
+        assert request["Count"] == -1 and request["Capabilities"] == [["gpu"]]
+    assert ingestion["command"] == ["python3", "ingestion.py"]  # no shell, no host python
+    assert scoring["command"] == ["python3", "score.py"]
+    binds = {v["bind"]: (host, v["mode"]) for host, v in ingestion["volumes"].items()}
+    assert set(binds) == {"/app/program", "/app/ingested_program", "/app/input_data",
+                          "/app/output", "/app/data"}
+    assert binds["/app/data"] == (str(data.resolve()), "ro")
+    assert binds["/app/output"][1] == "rw"
+    binds = {v["bind"]: mode for v in scoring["volumes"].values() for mode in [v["mode"]]}
+    assert set(binds) == {"/app/program", "/app/input", "/app/output", "/app/shared",
+                          "/app/data"}
+
+
+def test_no_gpu_request_by_default(tmp_path, fake_docker):
+    bundle = make_standin_bundle(tmp_path / "bundle")
+    sub = tmp_path / "sub.zip"
+    with zipfile.ZipFile(sub, "w") as zf:
+        zf.writestr("metadata.yaml", "task_name: t\n")
+    run_local(sub, "e2lm", bundle=bundle, docker_image="img", workdir=tmp_path / "w")
+    assert all("device_requests" not in c and c["network_disabled"] is False
+               for c in fake_docker.created)
+    assert sys.executable not in fake_docker.created[0]["command"]
