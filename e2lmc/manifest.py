@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from e2lmc.errors import UserError
+from e2lmc.yamlfile import read_yaml_mapping
 
 STAGES = ("public", "hidden")
 DATA_KINDS = ("science", "web")
@@ -168,14 +169,9 @@ def load_manifest(path_or_dir: str | Path, data_dir: str | Path | None = None) -
     path = Path(path_or_dir)
     if path.is_dir():
         path = path / "manifest.yaml"
-    if not path.is_file():
-        raise UserError(f"{path}: manifest not found; pass the folder that holds manifest.yaml")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({exc}); fix the syntax") from None
-    if not isinstance(doc, dict):
-        raise UserError(f"{path}: expected a mapping with `models`; see docs/organizers.md")
+    doc = read_yaml_mapping(
+        path, missing="manifest not found; pass the folder that holds manifest.yaml",
+        expected="a mapping with `models`; see docs/organizers.md")
     base = path.parent
     ddir = Path(data_dir) if data_dir else None
 

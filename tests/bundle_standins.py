@@ -120,7 +120,7 @@ def make_standin_bundle(dest: Path, use_real_programs: bool = False) -> Path:
         src = REPO / rel
         if src.is_dir():
             shutil.copytree(src, dest / rel, dirs_exist_ok=True,
-                            ignore=shutil.ignore_patterns("__pycache__", "judge_api_key*"))
+                            ignore=shutil.ignore_patterns("__pycache__", "judge_key*"))
         elif src.is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)

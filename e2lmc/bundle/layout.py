@@ -16,15 +16,14 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import yaml
-
 import e2lmc
 from e2lmc.errors import UserError
+from e2lmc.scoring.config import CONFIG_NAME, ScoringConfig, load_config
+from e2lmc.yamlfile import read_yaml_mapping
 
 COMPETITION_YAML = "competition.yaml"
 PROGRAM_KEYS = ("ingestion_program", "scoring_program")
 DATA_KEYS = ("input_data", "reference_data")
-JUDGE_KEY_DEFAULT = "judge_api_key.txt"
 STARTING_KIT = "starting_kit"
 # Never shipped: build caches, editor and OS litter.
 IGNORED_NAMES = ("__pycache__", "*.pyc", "*.pyo", ".pytest_cache", ".hypothesis",
@@ -46,16 +45,9 @@ def default_root() -> Path:
 
 def load_competition(root: Path) -> dict[str, Any]:
     """Parse `competition.yaml` of a bundle folder; a UserError when absent or malformed."""
-    path = root / COMPETITION_YAML
-    if not path.is_file():
-        raise UserError(f"{path}: not found; a bundle has competition.yaml at its root")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({exc}); fix the syntax") from None
-    if not isinstance(doc, dict):
-        raise UserError(f"{path}: expected a mapping of competition settings")
-    return doc
+    return read_yaml_mapping(root / COMPETITION_YAML,
+                             missing="not found; a bundle has competition.yaml at its root",
+                             expected="a mapping of competition settings")
 
 
 def as_list(value: Any) -> list[Any]:
@@ -126,21 +118,16 @@ def vendor_package(program_dir: Path) -> None:
 
 
 def judge_key_name(ref_dir: Path) -> str:
-    """The key file name scoring.yaml's `judge.api_key_file` expects (default when unset)."""
-    cfg = ref_dir / "scoring.yaml"
-    if cfg.is_file():
-        try:
-            doc = yaml.safe_load(cfg.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise UserError(f"{cfg}: not valid YAML ({exc}); fix the syntax") from None
-        judge = doc.get("judge") if isinstance(doc, dict) else None
-        name = judge.get("api_key_file") if isinstance(judge, dict) else None
-        if name:
-            if PurePosixPath(str(name)).is_absolute() or ".." in PurePosixPath(str(name)).parts:
-                raise UserError(f"{cfg}: judge.api_key_file must be a file name inside the "
-                                f"reference data, got {name!r}")
-            return str(name)
-    return JUDGE_KEY_DEFAULT
+    """The key file name the scoring reads: scoring.yaml's `judge.api_key_file`."""
+    cfg = ref_dir / CONFIG_NAME
+    name = (load_config(cfg) if cfg.is_file() else ScoringConfig()).judge.api_key_file
+    if not name:
+        raise UserError(f"{cfg}: judge.api_key_file is not set, so scoring would never read "
+                        "the key; set it to a file name such as judge_key")
+    if PurePosixPath(str(name)).is_absolute() or ".." in PurePosixPath(str(name)).parts:
+        raise UserError(f"{cfg}: judge.api_key_file must be a file name inside the "
+                        f"reference data, got {name!r}")
+    return str(name)
 
 
 def install_judge_key(ref_dir: Path, key_file: Path) -> Path:

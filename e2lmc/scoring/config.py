@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from e2lmc.errors import UserError
+from e2lmc.yamlfile import read_yaml_mapping
 
 CONFIG_NAME = "scoring.yaml"
 
@@ -85,7 +84,7 @@ class JudgeConfig:
     threshold: float = 0.5  # minimum accepted fraction
     mode: str = "report"  # gate | report | required | off
     api_key_env: str = "E2LMC_JUDGE_API_KEY"
-    api_key_file: str | None = None  # relative to the reference-data folder
+    api_key_file: str | None = "judge_key"  # in the reference data; bundle build writes it
     timeout_s: float = 60.0
     max_retries: int = 5
     retry_base_s: float = 1.0  # first backoff delay; doubles on each retry (capped at 60 s)
@@ -189,11 +188,8 @@ def load_config(ref_dir: str | Path) -> ScoringConfig:
     """`scoring.yaml` from the reference-data folder (or a direct file path)."""
     p = Path(ref_dir)
     path = p if p.is_file() else p / CONFIG_NAME
-    if not path.is_file():
-        raise UserError(f"{path}: scoring configuration not found; the reference data must "
-                        f"hold {CONFIG_NAME} (see docs/organizers.md)")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({exc}); fix the syntax") from None
+    doc = read_yaml_mapping(
+        path, missing=f"scoring configuration not found; the reference data must hold "
+        f"{CONFIG_NAME} (see docs/scoring.md)", expected="a mapping of scoring settings",
+        empty_ok=True)
     return parse_config(doc, path)
