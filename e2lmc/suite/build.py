@@ -85,7 +85,7 @@ def suite_config(micro: bool = False, seed: int | None = None) -> SuiteConfig:
         steps, public, hidden = 160, tuple(range(16, 97, 16)), (128, 160)
         fraction = MICRO_FRACTION
     else:
-        steps, public, hidden = 512, tuple(range(16, 161, 16)), (256, 352, 448, 512)
+        steps, public, hidden = 512, tuple(range(32, 321, 32)), (384, 448, 512)
         fraction = 1.0
     train = TrainSpec(steps=steps, batch=32, seq_len=64, lr=1e-2, warmup=20,
                       min_lr_ratio=0.1, decay_frac=0.2, weight_decay=0.1, checkpoints=public + hidden)
