@@ -184,6 +184,27 @@ def test_out_of_memory_batches_are_split(checkpoints, monkeypatch):
     assert max(calls) > 1 and 1 in calls
 
 
+def test_out_of_memory_generation_is_split(checkpoints, monkeypatch):
+    from e2lmc.engine import generate
+
+    ck = checkpoints[1]
+    reqs = [_req(f"the planet {w}", {"until": ["."], "max_gen_toks": 6})
+            for w in ("orbit", "mass", "energy", "light")]
+    ref = _fast(ck, max_length=512).generate_until(reqs)
+    real = generate._generate_batch
+    calls = []
+
+    def small_memory(lm, encs, *a):
+        calls.append(len(encs))
+        if len(encs) > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(lm, encs, *a)
+
+    monkeypatch.setattr(generate, "_generate_batch", small_memory)
+    assert _fast(ck, max_length=512).generate_until(reqs) == ref
+    assert max(calls) > 1 and 1 in calls
+
+
 def test_errors_that_are_not_memory_propagate(checkpoints, monkeypatch):
     lm = _fast(checkpoints[0])
 

@@ -39,6 +39,24 @@ def _is_oom(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
 
 
+def halve_on_oom(run: Callable[[list], Any], items: list, combine: Callable[[Any, Any], Any],
+                 device: torch.device) -> Any:
+    """`run(items)`; on out-of-memory, run each half (recursively) and `combine` them.
+    Any other error, or a single item that does not fit, is raised."""
+    try:
+        return run(items)
+    except Exception as exc:  # noqa: BLE001 - only memory errors are retried
+        if not _is_oom(exc) or len(items) == 1:
+            raise
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    half = len(items) // 2
+    log.info("out of memory on %d items; retrying as %d + %d", len(items), half,
+             len(items) - half)
+    return combine(halve_on_oom(run, items[:half], combine, device),
+                   halve_on_oom(run, items[half:], combine, device))
+
+
 class FastLM(LM):
     """An lm-eval LM over one checkpoint; `counters` reports the work done."""
 
@@ -234,19 +252,8 @@ class FastLM(LM):
 
     def _run_batch(self, rows: list[Row], past: Past | None, past_len: int,
                    logp: np.ndarray, greedy: np.ndarray) -> dict[int, Past]:
-        try:
-            return self._forward(rows, past, past_len, logp, greedy)
-        except Exception as exc:  # noqa: BLE001 - only memory errors are retried
-            if not _is_oom(exc) or len(rows) == 1:
-                raise
-        if self._device.type == "cuda":
-            torch.cuda.empty_cache()
-        half = len(rows) // 2
-        log.info("out of memory on %d rows; retrying as %d + %d", len(rows), half,
-                 len(rows) - half)
-        kept = self._run_batch(rows[:half], past, past_len, logp, greedy)
-        kept.update(self._run_batch(rows[half:], past, past_len, logp, greedy))
-        return kept
+        return halve_on_oom(lambda part: self._forward(part, past, past_len, logp, greedy),
+                            rows, lambda a, b: {**a, **b}, self._device)
 
     @torch.no_grad()
     def _forward(self, rows: list[Row], past: Past | None, past_len: int,

@@ -71,18 +71,10 @@ def _encode_contexts(lm: "FastLM", contexts: list[str], bos: str | None,
 def _generate(lm: "FastLM", encs: list[list[int]], until: list[str], max_gen: int,
               kwargs: dict[str, Any]) -> list[str]:
     """One padded batch; halves and retries when it runs out of memory."""
-    from e2lmc.engine.fast import _is_oom
+    from e2lmc.engine.fast import halve_on_oom
 
-    try:
-        return _generate_batch(lm, encs, until, max_gen, dict(kwargs))
-    except Exception as exc:  # noqa: BLE001 - only memory errors are retried
-        if not _is_oom(exc) or len(encs) == 1:
-            raise
-    if lm._device.type == "cuda":
-        torch.cuda.empty_cache()
-    half = len(encs) // 2
-    return (_generate(lm, encs[:half], until, max_gen, kwargs)
-            + _generate(lm, encs[half:], until, max_gen, kwargs))
+    return halve_on_oom(lambda part: _generate_batch(lm, part, until, max_gen, dict(kwargs)),
+                        encs, list.__add__, lm._device)
 
 
 @torch.no_grad()
