@@ -106,7 +106,7 @@ def score(res: str | Path, ref: str | Path, output: str | Path) -> dict[str, flo
     if failed:
         details["notes"].append(f"{len(failed)} checkpoint(s) failed in ingestion and were "
                                 "left out of the curves")
-    details["submission"] = ingestion.get("submission", {})
+    details["submission"] = sub
     details["scores"] = scores
     output.mkdir(parents=True, exist_ok=True)
     sections = [("Diagnostics", diagnostics_section(details["diagnostics"]))]
