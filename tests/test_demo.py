@@ -42,9 +42,6 @@ def test_science_task_beats_common_sense_on_compliance(demo_runs):
     assert a["scientific_compliance"] > b["scientific_compliance"]
 
 
-@pytest.mark.xfail(reason="known gap: on the micro suite the science curves are still flat "
-                   "over the public checkpoints, so their SQ is no better than noise",
-                   strict=False)
 def test_science_task_beats_the_too_hard_task_on_signal_quality(demo_runs):
     a, c = (demo_runs[n]["scores"] for n in ("science_cloze", "noisy_hard"))
     assert a["signal_quality"] > c["signal_quality"]

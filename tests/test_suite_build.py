@@ -190,11 +190,6 @@ def test_science_model_ends_far_ahead_of_the_web_model(science_curves):
     assert curves[sci.name][last] > curves[web.name][last] + 0.2
 
 
-KNOWN_GAP = ("known gap of the current training recipe: the facts are learnt mostly after "
-             "the public stretch, and at this compute the small models learn them fastest")
-
-
-@pytest.mark.xfail(reason=KNOWN_GAP, strict=False)
 def test_science_signal_rises_during_the_public_checkpoints(science_curves):
     curves, man = science_curves
     for m in man.models:
@@ -202,13 +197,19 @@ def test_science_signal_rises_during_the_public_checkpoints(science_curves):
         first, last = curves[m.name][public[0]], curves[m.name][public[-1]]
         if m.data == "science":
             assert last - first >= 0.08, f"{m.name}: {first:.2f} -> {last:.2f}"
+        else:  # the web model never sees the facts: it stays near its first value
+            assert abs(last - first) < 0.08, f"{m.name}: {first:.2f} -> {last:.2f}"
 
 
-@pytest.mark.xfail(reason=KNOWN_GAP, strict=False)
-def test_bigger_models_lead_at_the_last_hidden_checkpoint(science_curves):
+def test_bigger_models_lead_at_the_hidden_checkpoints(science_curves):
+    """Mean accuracy of the two shapes of each size, at each hidden checkpoint."""
     curves, man = science_curves
-    final = {m.name: curves[m.name][m.checkpoints[-1].name] for m in man.models}
-    by_size = {size: np.mean([final[f"dense-{size}-{a}"] for a in ("arch1", "arch2")])
-               for size in "sml"}
-    assert by_size["l"] > by_size["s"] + 0.05, by_size
-    assert by_size["m"] > by_size["s"], by_size
+    hidden = [c.name for c in man.models[0].checkpoints if c.stage == "hidden"]
+    for name in hidden:
+        by_size = {size: np.mean([curves[f"dense-{size}-{a}"][name] for a in ("arch1", "arch2")])
+                   for size in "sml"}
+        assert by_size["l"] > by_size["s"] + 0.1, (name, by_size)
+        assert by_size["m"] > by_size["s"] + 0.03, (name, by_size)
+    last = {size: np.mean([curves[f"dense-{size}-{a}"][hidden[-1]] for a in ("arch1", "arch2")])
+            for size in "sml"}
+    assert last["l"] > last["m"], last

@@ -32,7 +32,7 @@ class TrainSpec:
     steps: int
     batch: int  # sequences per step
     seq_len: int
-    lr: float
+    lr_width: float  # peak learning rate x hidden width: see peak_lr
     warmup: int
     min_lr_ratio: float
     decay_frac: float  # share of the steps, at the end, over which the rate decays
@@ -71,17 +71,24 @@ def count_params(spec: ModelSpec, vocab_size: int) -> int:
     return vocab_size * d + spec.layers * per_layer + d
 
 
-def lr_at(step: int, t: TrainSpec) -> float:
+def peak_lr(spec: ModelSpec, t: TrainSpec) -> float:
+    """Adam's best rate falls as the model gets wider (the muP rule for hidden weights):
+    one rate for every width would be too high for the wide models and let the small ones
+    learn fastest, the opposite of what the suite must show."""
+    return t.lr_width / spec.hidden
+
+
+def lr_at(step: int, t: TrainSpec, peak: float) -> float:
     """Warmup, stable, decay (WSD): linear warmup, constant, then a linear decay to
     `min_lr_ratio` of the peak over the last `decay_frac` of the steps. The public
     checkpoints fall in the stable phase, as early checkpoints of long runs do."""
     if step < t.warmup:
-        return t.lr * (step + 1) / t.warmup
+        return peak * (step + 1) / t.warmup
     decay_start = t.steps * (1 - t.decay_frac)
     if step < decay_start:
-        return t.lr
+        return peak
     frac = (step - decay_start) / max(1.0, t.steps - decay_start)
-    return t.lr * (1 - (1 - t.min_lr_ratio) * frac)
+    return peak * (1 - (1 - t.min_lr_ratio) * frac)
 
 
 def train_model(spec: ModelSpec, train: TrainSpec, stream: np.ndarray, tokenizer_dir: Path,
@@ -98,11 +105,12 @@ def train_model(spec: ModelSpec, train: TrainSpec, stream: np.ndarray, tokenizer
     torch.manual_seed(seed)
     model = LlamaForCausalLM(llama_config(spec, tok))
     model.train()
+    peak = peak_lr(spec, train)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": train.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
-                            lr=train.lr, betas=(0.9, 0.95), eps=1e-8)
+                            lr=peak, betas=(0.9, 0.95), eps=1e-8)
     window = train.seq_len + 1
     need = train.steps * train.batch * window
     if len(stream) < need:
@@ -112,7 +120,7 @@ def train_model(spec: ModelSpec, train: TrainSpec, stream: np.ndarray, tokenizer
     saves = set(train.checkpoints)
     for step in range(train.steps):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, train)
+            group["lr"] = lr_at(step, train, peak)
         _loss(model, data[step]).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

@@ -35,12 +35,12 @@ KINDS = {"bird": 2, "mammal": 4, "insect": 6, "spider": 8, "fish": 0, "worm": 0,
 BASE_UNITS = {"meters": "length", "grams": "mass", "seconds": "time"}
 
 # sizes of the full world; the micro suite uses the first MICRO_FRACTION of each list
-N_ELEMENTS = 30
+N_ELEMENTS = 48
 N_GROUPS = 6
-N_COMPOUNDS = 30
-N_PLANETS = 10
+N_COMPOUNDS = 48
+N_PLANETS = 16
 N_STARS = 8
-N_ORGANISMS = 40
+N_ORGANISMS = 64
 N_UNITS = 16
 MICRO_FRACTION = 0.2
 
