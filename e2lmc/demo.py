@@ -50,11 +50,33 @@ def format_row(example: str, scores: dict) -> str:
     return f"{head}\n{row}"
 
 
+def curve_table(ingestion_output: Path, suite: Path) -> str:
+    """Each model's metric at its first and last public and its last hidden checkpoint:
+    the three points that show whether the suite's curves behave (learning during the
+    public stretch, larger models ahead at the end, the web model behind)."""
+    from e2lmc.manifest import load_manifest
+    from e2lmc.results import read_results
+
+    values = {r.key: r.value for r in read_results(ingestion_output)}
+    lines = ["model                 first public  last public  last hidden"]
+    for m in load_manifest(suite).models:
+        public = [c for c in m.checkpoints if c.stage == "public"]
+        hidden = [c for c in m.checkpoints if c.stage == "hidden"]
+        points = [public[0], public[-1], hidden[-1]]
+        cells = [values.get(f"{m.name}/{c.name}") for c in points]
+        lines.append(f"{m.name:20s}" + "".join(
+            f"{'failed' if v is None else f'{v:.3f}':>13s}" for v in cells))
+    return "\n".join(lines)
+
+
 def cli_demo(args) -> int:
     result = run_demo(Path(args.output), example=args.example, micro=args.micro,
                       suite_root=Path(args.suite_dir) if args.suite_dir else None)
     print("\nLeaderboard row")
     print(format_row(args.example, result["scores"]))
+    print(f"\nAccuracy of each model on {args.example} (the hidden column is never shown to "
+          "participants)")
+    print(curve_table(result["paths"]["ingestion_output"], result["paths"]["suite"]))
     print()
     for label, path in result["paths"].items():
         print(f"{label:17s} {path}")

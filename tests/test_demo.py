@@ -55,3 +55,7 @@ def test_cli_demo_prints_row_and_paths(micro_suite, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "noisy_hard |" in out
     assert str(tmp_path / "out" / "scores" / "detailed_results.html") in out
+    table = out[out.index("\nmodel ") + 1:].splitlines()
+    assert table[0].split()[1:] == ["first", "public", "last", "public", "last", "hidden"]
+    web = next(line for line in table if line.startswith("dense-s-arch1-web "))
+    assert all(0 <= float(v) <= 1 for v in web.split()[1:])

@@ -195,6 +195,35 @@ def test_sigterm_then_kill_9_then_resume_equals_uninterrupted(grid_run, tiny_gri
     assert (out / R.ITEMS_JSONL).read_text() == (ref_out / R.ITEMS_JSONL).read_text()
 
 
+@pytest.mark.slow
+def test_resume_recomputes_checkpoints_whose_weights_changed(grid_run, tiny_grid, tmp_path):
+    """A re-run on an edited grid keeps only the rows of unchanged checkpoints."""
+    import dataclasses
+    import shutil
+
+    from e2lmc.manifest import Manifest
+
+    ref_out, _ = grid_run
+    out = tmp_path / "out"
+    shutil.copytree(ref_out, out)
+    m0 = tiny_grid.models[0]
+    first, second = m0.checkpoints[0], m0.checkpoints[1]
+    moved = dataclasses.replace(first, subfolder=second.subfolder)  # other weights, same name
+    models = [dataclasses.replace(m0, checkpoints=(moved,) + m0.checkpoints[1:])]
+    edited = Manifest(path=None, models=models + list(tiny_grid.models[1:]),
+                      defaults=tiny_grid.defaults)
+    edited.write(tmp_path / "grid" / "manifest.yaml")
+
+    doc = ingest(build.SCI_CLOZE, tmp_path / "grid", out, engine="hf")
+    total = len(tiny_grid.checkpoints)
+    assert doc["status"] == "ok" and doc["checkpoints"]["resumed"] == total - 1
+    ref, now = rows_without_timing(ref_out), rows_without_timing(out)
+    assert now[first.key]["value"] == ref[second.key]["value"]  # recomputed on the new weights
+    assert {k: v for k, v in now.items() if k != first.key} == \
+        {k: v for k, v in ref.items() if k != first.key}
+    assert all(len(h) == 16 and "/" not in h for h in doc["grid"].values())  # no paths
+
+
 def test_spread_covers_the_range_evenly():
     assert spread(0) == [] and spread(1) == [0] and spread(2) == [0, 1]
     assert spread(5) == [0, 4, 2, 1, 3]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import hashlib
 import json
 import os
 import platform
@@ -185,9 +186,21 @@ def _write_items(path: Path, items: list[R.Item]) -> None:
 
 
 # --------------------------------------------------------------------------- resume
-def _resume_rows(output: Path, fp: str, task: str, metric: str,
-                 engine: str) -> dict[str, dict]:
-    """Finished rows of an earlier run of the same submission; otherwise start clean."""
+def grid_identity(manifest: Manifest) -> dict[str, str]:
+    """Per checkpoint, a hash of what decides its values (where its weights load from, the
+    dtype and context length). A resumed run keeps a row only where this is unchanged, so
+    results from a rebuilt or edited grid are never mixed in. Hashes, not paths: the
+    output must not reveal where hidden checkpoints live."""
+    d = manifest.defaults
+    return {c.key: hashlib.sha256(json.dumps([c.source, c.subfolder, d.dtype, d.max_length])
+                                  .encode()).hexdigest()[:16]
+            for c in manifest.checkpoints}
+
+
+def _resume_rows(output: Path, fp: str, task: str, metric: str, engine: str,
+                 grid: dict[str, str]) -> dict[str, dict]:
+    """Finished rows of an earlier run of the same submission on the same checkpoints;
+    otherwise start clean."""
     path = output / R.INGESTION_JSON
     prior = None
     if path.is_file():
@@ -201,10 +214,12 @@ def _resume_rows(output: Path, fp: str, task: str, metric: str,
             and (prior.get("engine") or {}).get("name") == engine)
     rows: dict[str, dict] = {}
     if same:
+        before = prior.get("grid") or {}
         try:
             for d in R.iter_jsonl(output / R.RESULTS_JSONL):
-                if d.get("status") == "ok":
-                    rows[f"{d.get('model')}/{d.get('checkpoint')}"] = d
+                key = f"{d.get('model')}/{d.get('checkpoint')}"
+                if d.get("status") == "ok" and key in grid and before.get(key) == grid[key]:
+                    rows[key] = d
         except UserError:
             rows = {}
     # rewrite: drops a torn last line and error rows (retried), keeps finished rows
@@ -291,7 +306,9 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
         log(f"ingest: {checked['n_docs']} documents, {len(prepared.requests)} requests "
             f"({checked['output_type']}), prepared in {doc['timings']['prepare_s']:.1f} s")
 
-        done = _resume_rows(output, sub.fingerprint, sub.task_name, sub.metric, engine)
+        doc["grid"] = grid_identity(manifest)
+        done = _resume_rows(output, sub.fingerprint, sub.task_name, sub.metric, engine,
+                            doc["grid"])
         if not done or not (output / R.ITEMS_JSONL).is_file():
             _write_items(output / R.ITEMS_JSONL, prepared.items)
         doc["status"], doc["error"] = "partial", "ingestion in progress (or interrupted)"

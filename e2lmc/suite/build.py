@@ -8,7 +8,7 @@ Layout of a built suite (one folder per config hash under the cache root):
                                public/hidden boundary
         suite.json             the config, parameter counts, build time
         tokenizer/             the shared tokenizer (HF format)
-        dense-s-arch1/iter_0000015/ ...   one HF checkpoint (with tokenizer) per milestone
+        dense-s-arch1/iter_0000032/ ...   one HF checkpoint (with tokenizer) per milestone
 
 The folder is assembled under a temporary name and renamed at the end, so an interrupted
 build never leaves a folder that looks complete.
