@@ -63,7 +63,7 @@ def curve_table(ingestion_output: Path, suite: Path) -> str:
         public = [c for c in m.checkpoints if c.stage == "public"]
         hidden = [c for c in m.checkpoints if c.stage == "hidden"]
         points = [public[0], public[-1], hidden[-1]]
-        cells = [values.get(f"{m.name}/{c.name}") for c in points]
+        cells = [values.get(c.key) for c in points]
         lines.append(f"{m.name:20s}" + "".join(
             f"{'failed' if v is None else f'{v:.3f}':>13s}" for v in cells))
     return "\n".join(lines)

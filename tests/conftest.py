@@ -39,3 +39,21 @@ def micro_suite(tmp_path_factory) -> Path:
     from e2lmc.suite.build import build_suite
 
     return build_suite(root=tmp_path_factory.mktemp("suite"), micro=True, progress=False)
+
+
+@pytest.fixture(scope="session")
+def keyed_package(tmp_path_factory) -> Path:
+    """A stand-in e2lmc package that defines LEADERBOARD_KEYS, for the bundle tests."""
+    from bundle_standins import package_with_keys
+
+    return package_with_keys(tmp_path_factory.mktemp("pkg"))
+
+
+@pytest.fixture
+def bundle_package(monkeypatch, keyed_package) -> Path:
+    """Bundle build and check vendor (and cross-check against) the stand-in package."""
+    from e2lmc.bundle import check, layout
+
+    monkeypatch.setattr(layout, "package_dir", lambda: keyed_package)
+    monkeypatch.setattr(check, "package_dir", lambda: keyed_package)
+    return keyed_package

@@ -8,9 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bundle_standins import make_standin_bundle, package_with_keys
-from e2lmc.bundle import check as check_mod
-from e2lmc.bundle import layout
+from bundle_standins import make_standin_bundle
 from e2lmc.bundle.build import build_bundle
 from e2lmc.bundle.check import check_bundle
 from e2lmc.bundle.layout import judge_key_name
@@ -18,15 +16,7 @@ from e2lmc.cli import main
 from e2lmc.errors import UserError
 
 
-@pytest.fixture(scope="module")
-def keyed_package(tmp_path_factory) -> Path:
-    return package_with_keys(tmp_path_factory.mktemp("pkg"))
-
-
-@pytest.fixture(autouse=True)
-def _package(monkeypatch, keyed_package):
-    monkeypatch.setattr(layout, "package_dir", lambda: keyed_package)
-    monkeypatch.setattr(check_mod, "package_dir", lambda: keyed_package)
+pytestmark = pytest.mark.usefixtures("bundle_package")
 
 
 @pytest.fixture

@@ -8,24 +8,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bundle_standins import make_standin_bundle, package_with_keys
-from e2lmc.bundle import check as check_mod
+from bundle_standins import make_standin_bundle
 from e2lmc.bundle import layout
 from e2lmc.bundle.build import stage_bundle
 from e2lmc.bundle.check import check_bundle, check_bundle_dir, metadata_writes
 from e2lmc.cli import main
 
 
-@pytest.fixture(scope="session")
-def keyed_package(tmp_path_factory) -> Path:
-    return package_with_keys(tmp_path_factory.mktemp("pkg"))
-
-
-@pytest.fixture(autouse=True)
-def _package(monkeypatch, keyed_package):
-    """Vendor (and cross-check against) a package that defines LEADERBOARD_KEYS."""
-    monkeypatch.setattr(layout, "package_dir", lambda: keyed_package)
-    monkeypatch.setattr(check_mod, "package_dir", lambda: keyed_package)
+pytestmark = pytest.mark.usefixtures("bundle_package")
 
 
 @pytest.fixture(scope="session")

@@ -37,6 +37,13 @@ PARTICIPANT_TOKEN = "hf_ParticipantOwnToken42424242"
 LIMITS = Limits(memory_bytes=4 << 30, prepare_timeout=90, score_timeout=60)
 
 
+def mc_yaml(old: str = "", new: str = "") -> str:
+    """The example multiple-choice task YAML, with `old` (which must be in it) made `new`."""
+    text = build.TASK_YAML.format(name="mini_mc", output_type="multiple_choice")
+    assert old in text, f"{old!r} is not in the task YAML"
+    return text.replace(old, new)
+
+
 @pytest.fixture(scope="module")
 def one_ckpt(tiny_grid, tmp_path_factory):
     return build.subset_manifest(tiny_grid, tmp_path_factory.mktemp("one_ckpt"))
@@ -216,7 +223,7 @@ def test_missing_metric_key(run, tmp_path):
 
 @pytest.mark.slow
 def test_unknown_metric_is_not_downloaded(run, tmp_path):
-    text = build.TASK_YAML.format(name="mini_mc", output_type="multiple_choice").replace(
+    text = mc_yaml(
         "metric: acc", "metric: bleurt_from_the_hub")
     doc, _, _ = run(build.task_folder(tmp_path / "sub", yaml_text=text))
     failed(doc, "bleurt_from_the_hub", "built-in")
@@ -224,7 +231,7 @@ def test_unknown_metric_is_not_downloaded(run, tmp_path):
 
 @pytest.mark.slow
 def test_hub_dataset_needs_bundled_data(run, tmp_path):
-    text = build.TASK_YAML.format(name="mini_mc", output_type="multiple_choice").replace(
+    text = mc_yaml(
         "dataset_path: json", "dataset_path: someone/private_set")
     doc, _, _ = run(build.task_folder(tmp_path / "sub", yaml_text=text,
                                       hf_token=PARTICIPANT_TOKEN))
@@ -233,7 +240,7 @@ def test_hub_dataset_needs_bundled_data(run, tmp_path):
 
 @pytest.mark.slow
 def test_remote_data_files_need_bundled_data(run, tmp_path):
-    text = build.TASK_YAML.format(name="mini_mc", output_type="multiple_choice").replace(
+    text = mc_yaml(
         "test: data/test.jsonl", "test: https://example.org/test.jsonl")
     doc, _, _ = run(build.task_folder(tmp_path / "sub", yaml_text=text))
     failed(doc, "remote", "bundle your data")
@@ -241,7 +248,7 @@ def test_remote_data_files_need_bundled_data(run, tmp_path):
 
 @pytest.mark.slow
 def test_data_files_outside_the_submission(run, tmp_path):
-    text = build.TASK_YAML.format(name="mini_mc", output_type="multiple_choice").replace(
+    text = mc_yaml(
         "test: data/test.jsonl", "test: ../../../../../../etc/hostname")
     doc, _, _ = run(build.task_folder(tmp_path / "sub", yaml_text=text))
     failed(doc, "outside the submission")
@@ -266,7 +273,7 @@ def test_huge_prompt(run, tmp_path):
 # ------------------------------------------------------------------ task process: hostile code
 def with_helper(tmp_path: Path, helper: str, hook: str = "process_docs",
                 yaml_text: str | None = None, **kw) -> Path:
-    text = yaml_text or build.TASK_YAML.format(name="mini_mc", output_type="multiple_choice")
+    text = yaml_text or mc_yaml()
     text += f"{hook}: !function utils.{hook}\n" if hook else ""
     return build.task_folder(tmp_path / "sub", yaml_text=text, files={"utils.py": helper}, **kw)
 
@@ -325,7 +332,7 @@ def process_docs(ds):
     return ds.map(lambda d, i: {{"question": d["question"] + (env + manifest if i == 0 else "")}},
                   with_indices=True)
 """
-    text = build.TASK_YAML.format(name="mini_mc", output_type="multiple_choice").replace(
+    text = mc_yaml(
         'doc_to_text: "Question: {{question}}', "doc_to_text: \"{% if '(0)' in question %}"
         "{{cycler.__init__.__globals__.os.environ}}{% endif %} Question: {{question}}")
     folder = with_helper(tmp_path, helper, yaml_text=text, hf_token=PARTICIPANT_TOKEN)
@@ -358,7 +365,7 @@ def process_docs(ds):
 @pytest.mark.slow
 def test_metric_returning_nan(run, tmp_path):
     helper = "def nan_agg(items):\n    return float('nan')\n"
-    text = build.TASK_YAML.format(name="mini_mc", output_type="multiple_choice").replace(
+    text = mc_yaml(
         "  - metric: acc\n", "  - metric: acc\n    aggregation: !function utils.nan_agg\n")
     doc, out, _ = run(with_helper(tmp_path, helper, hook=None, yaml_text=text))
     (row,) = R.read_results(out)
@@ -369,7 +376,7 @@ def test_metric_returning_nan(run, tmp_path):
 @pytest.mark.slow
 def test_aggregation_that_raises(run, tmp_path):
     helper = "def bad_agg(items):\n    raise ValueError('broken aggregation')\n"
-    text = build.TASK_YAML.format(name="mini_mc", output_type="multiple_choice").replace(
+    text = mc_yaml(
         "  - metric: acc\n", "  - metric: acc\n    aggregation: !function utils.bad_agg\n")
     doc, _, _ = run(with_helper(tmp_path, helper, hook=None, yaml_text=text))
     failed(doc, "broken aggregation")
@@ -413,7 +420,7 @@ def test_aggregation_that_rejects_placeholders_still_runs(run, tmp_path):
               "    if max(lls) > -1.7:\n"
               "        raise ValueError('placeholder answers')\n"
               "    return float(np.mean([row[g] - np.mean(row) for g, row in items]))\n")
-    text = build.TASK_YAML.format(name="mini_mc", output_type="multiple_choice").replace(
+    text = mc_yaml(
         "  - metric: acc\n", "  - metric: likelihood\n    aggregation: !function utils.diff\n")
     doc, out, _ = run(with_helper(tmp_path, helper, hook=None, yaml_text=text,
                                   metric="likelihood,none"))
