@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.e2lmc-installed
 TORCH_SPEC ?= torch==2.13.0
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: install test test-fast demo bundle benchmark clean
+.PHONY: install test test-fast test-profiles demo bundle benchmark clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m pytest -m "not slow and not docker"
+
+# Only the tests that run under every platform profile (root, user, worker; tests/profiles.py)
+test-profiles: $(STAMP)
+	$(OFFLINE) $(BIN)/python -m pytest -m profiles
 
 demo: $(STAMP)
 	$(OFFLINE) $(BIN)/e2lmc demo

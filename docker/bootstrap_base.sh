@@ -18,8 +18,9 @@ SUITE="${SUITE:-bookworm}"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 CACHE_DIR="${2:-${XDG_CACHE_HOME:-$HOME/.cache}/e2lmc/base}"
 TARBALL="$CACHE_DIR/debian-$SUITE-python.tar"
-# Python with venv support is all the e2lmc image needs from the base.
-PACKAGES="python3,python3-venv,python3-pip,ca-certificates,git,patch"
+# Python with venv support and libseccomp (the task process's seccomp filter) are all the
+# e2lmc image needs from the base.
+PACKAGES="python3,python3-venv,python3-pip,ca-certificates,git,patch,libseccomp2"
 
 if docker image inspect "$TAG" >/dev/null 2>&1; then
     echo "base image $TAG already present"

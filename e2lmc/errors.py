@@ -10,3 +10,7 @@ class UserError(Exception):
 
 class IngestionFailed(UserError):
     """The ingestion output says the prediction step did not finish."""
+
+
+class Unverified(IngestionFailed):
+    """The ingestion output is not (or no longer) what the ingestion program wrote."""

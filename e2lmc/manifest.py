@@ -5,8 +5,8 @@ format. Ingestion reads it (trusted side only: participant code never sees it); 
 gets the model attributes through `ingestion.json`, never the load paths.
 
     version: 1
-    defaults: {dtype: auto, device: auto, max_length: 2048, batch_tokens: 65536,
-               allow_network: false, time_budget_s: null, engine: fast}
+    defaults: {dtype: auto, device: auto, max_length: 2048, max_gen_toks: 256,
+               batch_tokens: 65536, allow_network: false, time_budget_s: null, engine: fast}
     models:
       - name: dense-1b-arch1
         source: hf://tiiuae/dense-1b-arch1     # or a local dir (relative to this file)
@@ -85,6 +85,7 @@ class Defaults:
     dtype: str = "auto"  # auto = bfloat16 on cuda, float32 on cpu
     device: str = "auto"  # auto | cpu | cuda
     max_length: int = 2048
+    max_gen_toks: int = 256  # the most tokens a generate_until request may ask for
     batch_tokens: int = 65536
     allow_network: bool = False
     time_budget_s: float | None = None

@@ -17,6 +17,64 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PUBLIC_CURVES = SHARED_DATA / "e2lm_public_curves.json"
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "profiles(*names): run the test under these platform profiles (root, "
+        "user, worker; all three when none are named); see tests/profiles.py")
+
+
+def pytest_generate_tests(metafunc):
+    """A test marked `profiles` runs once per named profile (the `profile` fixture)."""
+    import profiles
+
+    marker = metafunc.definition.get_closest_marker("profiles")
+    if marker is None:
+        return
+    if "profile" not in metafunc.fixturenames:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: a `profiles` test needs "
+                                "the `profile` fixture (or one using it, such as `run`)")
+    unknown = set(marker.args) - set(profiles.PROFILES)
+    if unknown:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: unknown profiles {unknown}")
+    metafunc.parametrize("profile", [
+        pytest.param(name, id=name, marks=[pytest.mark.docker] if name == "worker" else [])
+        for name in marker.args or profiles.PROFILES], indirect=True)
+
+
+@pytest.fixture
+def profile(request) -> str:
+    """The platform profile the test runs under: `root` unless it is marked `profiles`."""
+    import profiles
+
+    name = getattr(request, "param", "root")
+    reason = profiles.user_unavailable() if name == "user" else None
+    if reason:
+        profiles.cannot_run(name, reason)
+    return name
+
+
+@pytest.fixture
+def ingest_runner(profile, request, tmp_path, monkeypatch):
+    """(submission, input_data, output, limits, env) -> (ingestion doc, printed text), run
+    under the test's profile; `env` (secrets, TMPDIR) reaches the runner's environment."""
+    import profiles
+
+    if profile == "user":
+        return profiles.user_runner(tmp_path)
+    if profile == "worker":
+        return profiles.worker_runner(tmp_path, request.getfixturevalue("worker_image"))
+    return profiles.root_runner(monkeypatch)
+
+
+@pytest.fixture(scope="session")
+def worker_image() -> str:
+    """The e2lmc image (tag e2lmc:ci) from a debootstrapped base, built once per session
+    for the `worker` profile and tests/test_docker_worker.py; skips with the reason."""
+    import profiles
+
+    return profiles.build_image()
+
+
 @pytest.fixture(scope="session")
 def public_curves() -> Path:
     """The organizers' published curves; tests that need them skip when absent."""

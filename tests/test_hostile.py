@@ -2,6 +2,9 @@
 
 Every case also checks that no secret reaches any output or log, and that nothing is
 written outside the output folder (the run's temp dir is redirected and must be empty).
+The `run` fixture ingests under the test's platform profile: `root` (in this process) by
+default; `@pytest.mark.profiles("root", "user", "worker")` runs a test under each
+(tests/profiles.py).
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import os
 import stat
 import subprocess
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -20,7 +22,6 @@ import pytest
 
 from e2lmc import results as R
 from e2lmc.errors import UserError
-from e2lmc.ingestion.run import ingest
 from e2lmc.ingestion.submission import load_submission
 from e2lmc.ingestion.taskproc import Limits
 from e2lmc.ingestion.unpack import UnpackLimits
@@ -35,6 +36,10 @@ SECRETS = {
 }
 PARTICIPANT_TOKEN = "hf_ParticipantOwnToken42424242"
 LIMITS = Limits(memory_bytes=4 << 30, prepare_timeout=90, score_timeout=60)
+# Cases whose outcome depends on the platform run under each profile; Docker's only where
+# the container changes what the sandbox can do (every act of hostile code).
+EVERY_PROFILE = pytest.mark.profiles("root", "user", "worker")
+NO_DOCKER = pytest.mark.profiles("root", "user")
 
 
 def mc_yaml(old: str = "", new: str = "") -> str:
@@ -50,21 +55,19 @@ def one_ckpt(tiny_grid, tmp_path_factory):
 
 
 @pytest.fixture
-def run(one_ckpt, tmp_path, monkeypatch, capfd):
-    """ingest() with secrets in the environment; returns (doc, output dir, all text seen)."""
-    for k, v in SECRETS.items():
-        monkeypatch.setenv(k, v)
+def run(one_ckpt, tmp_path, capfd, ingest_runner):
+    """ingest() under the test's profile, with the secrets in the runner's environment and
+    its temp dir redirected; returns (doc, output dir, all text seen)."""
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
 
-    def go(submission: Path, limits: Limits = LIMITS) -> tuple[dict, Path, str]:
+    def go(submission: Path, limits: Limits = LIMITS,
+           input_data: Path | None = None) -> tuple[dict, Path, str]:
         out = tmp_path / "out"
-        lines: list[str] = []
-        doc = ingest(submission, one_ckpt, out, engine="hf", limits=limits,
-                     log=lines.append)
+        doc, printed = ingest_runner(submission, input_data or one_ckpt, out, limits,
+                                     {**SECRETS, "TMPDIR": str(scratch)})
         cap = capfd.readouterr()
-        seen = "\n".join(lines) + cap.out + cap.err
+        seen = printed + cap.out + cap.err
         seen += "".join(p.read_text(errors="replace") for p in out.rglob("*") if p.is_file())
         for secret in [*SECRETS.values(), PARTICIPANT_TOKEN]:
             assert secret not in seen, "a secret leaked into the output or the logs"
@@ -80,6 +83,18 @@ def failed(doc: dict, *needles: str) -> None:
     assert doc["status"] == "failed", doc
     for n in needles:
         assert n in doc["error"], doc["error"]
+
+
+@pytest.mark.slow
+@pytest.mark.profiles("root", "user", "worker")
+def test_honest_task_under_every_profile(run, tmp_path, profile):
+    """The harness: an honest task scores under each profile, whose isolation report
+    (what each confinement layer achieved there) is printed for the record."""
+    doc, out, _ = run(build.task_folder(tmp_path / "sub"))
+    assert doc["status"] == "ok", doc["error"]
+    (row,) = R.read_results(out)
+    assert row.status == "ok" and row.value is not None
+    print(f"\n{profile}: isolation {json.dumps(doc['isolation'])}")
 
 
 # ------------------------------------------------------------------ archives (no code runs)
@@ -150,6 +165,7 @@ def test_size_and_count_caps(limits, needle, tmp_path):
         load_submission(z, tmp_path / "work", limits)
 
 
+@NO_DOCKER
 def test_not_a_zip(run, tmp_path):
     bad = tmp_path / "sub.zip"
     bad.write_bytes(b"this is not a zip")
@@ -165,12 +181,14 @@ def test_symlink_in_folder_submission(tmp_path):
 
 
 # ------------------------------------------------------------------ metadata, YAML, patch
+@NO_DOCKER
 def test_yaml_that_fails_to_parse(run, tmp_path):
     folder = build.task_folder(tmp_path / "sub", yaml_text="task: t\ndoc_to_text: [unclosed\n")
     doc, _, _ = run(folder)
     failed(doc, "mini_mc.yaml", "not valid YAML", "line")
 
 
+@NO_DOCKER
 def test_metadata_without_metric(run, tmp_path):
     folder = build.task_folder(tmp_path / "sub")
     (folder / "metadata.yaml").write_text("task_name: mini_mc\n")
@@ -178,6 +196,7 @@ def test_metadata_without_metric(run, tmp_path):
     failed(doc, "task_metric")
 
 
+@NO_DOCKER
 def test_patch_touching_lm_eval_core(run, tmp_path):
     files = build.folder_files(build.task_folder(tmp_path / "t"))
     patch = build.new_file_patch(files) + build.new_file_patch(
@@ -204,6 +223,7 @@ def test_binary_patch(tmp_path):
 
 
 # ------------------------------------------------------------------ task process: validation
+@NO_DOCKER
 @pytest.mark.slow
 @pytest.mark.parametrize("n_docs", [99, 15_001])
 def test_document_count_bounds(run, tmp_path, n_docs):
@@ -215,12 +235,14 @@ def test_document_count_bounds(run, tmp_path, n_docs):
     failed(doc, f"{n_docs} documents", "100 to 15,000")
 
 
+@NO_DOCKER
 @pytest.mark.slow
 def test_missing_metric_key(run, tmp_path):
     doc, _, _ = run(build.task_folder(tmp_path / "sub", metric="f1,none"))
     failed(doc, "'f1,none'", "acc,none")
 
 
+@NO_DOCKER
 @pytest.mark.slow
 def test_unknown_metric_is_not_downloaded(run, tmp_path):
     text = mc_yaml(
@@ -229,6 +251,7 @@ def test_unknown_metric_is_not_downloaded(run, tmp_path):
     failed(doc, "bleurt_from_the_hub", "built-in")
 
 
+@NO_DOCKER
 @pytest.mark.slow
 def test_hub_dataset_needs_bundled_data(run, tmp_path):
     text = mc_yaml(
@@ -238,6 +261,7 @@ def test_hub_dataset_needs_bundled_data(run, tmp_path):
     failed(doc, "bundle your data")
 
 
+@NO_DOCKER
 @pytest.mark.slow
 def test_remote_data_files_need_bundled_data(run, tmp_path):
     text = mc_yaml(
@@ -246,6 +270,7 @@ def test_remote_data_files_need_bundled_data(run, tmp_path):
     failed(doc, "remote", "bundle your data")
 
 
+@NO_DOCKER
 @pytest.mark.slow
 def test_data_files_outside_the_submission(run, tmp_path):
     text = mc_yaml(
@@ -254,12 +279,14 @@ def test_data_files_outside_the_submission(run, tmp_path):
     failed(doc, "outside the submission")
 
 
+@NO_DOCKER
 @pytest.mark.slow
 def test_task_name_not_defined(run, tmp_path):
     doc, _, _ = run(build.task_folder(tmp_path / "sub", task_name="no_such_task"))
     failed(doc, "no_such_task", "mini_mc")
 
 
+@NO_DOCKER
 @pytest.mark.slow
 def test_huge_prompt(run, tmp_path):
     folder = build.task_folder(tmp_path / "sub")
@@ -278,6 +305,7 @@ def with_helper(tmp_path: Path, helper: str, hook: str = "process_docs",
     return build.task_folder(tmp_path / "sub", yaml_text=text, files={"utils.py": helper}, **kw)
 
 
+@EVERY_PROFILE
 @pytest.mark.slow
 def test_infinite_loop_is_stopped(run, tmp_path):
     folder = with_helper(tmp_path, "def process_docs(ds):\n    while True:\n        pass\n")
@@ -286,6 +314,7 @@ def test_infinite_loop_is_stopped(run, tmp_path):
     assert doc["error_kind"] == "timeout"
 
 
+@EVERY_PROFILE
 @pytest.mark.slow
 def test_memory_hog_is_contained(run, tmp_path):
     folder = with_helper(tmp_path, "def process_docs(ds):\n"
@@ -294,6 +323,7 @@ def test_memory_hog_is_contained(run, tmp_path):
     failed(doc, "memory")
 
 
+@EVERY_PROFILE
 @pytest.mark.slow
 def test_exit_in_task_code(run, tmp_path):
     folder = with_helper(tmp_path, "import os\ndef process_docs(ds):\n    os._exit(3)\n")
@@ -356,12 +386,12 @@ def process_docs(ds):
     assert "PYTHONPATH" in prompt  # the dump happened (via the helper and via Jinja)
     assert "HF_TOKEN" not in prompt and "OPENAI" not in prompt and "JUDGE" not in prompt
     assert "tiny-0-arch1" not in prompt and "iter_0001000" not in prompt
-    if doc["isolation"]["filesystem"].startswith("read-only"):
-        assert not target.exists() and not outside.exists()
-        assert "unreadable" in prompt or "models" not in prompt
+    assert not target.exists() and not outside.exists()
+    assert "unreadable" in prompt and "models" not in prompt
     assert "PRINTED-BY-TASK" not in seen  # the task's prints are captured, not echoed
 
 
+@NO_DOCKER
 @pytest.mark.slow
 def test_metric_returning_nan(run, tmp_path):
     helper = "def nan_agg(items):\n    return float('nan')\n"
@@ -373,13 +403,15 @@ def test_metric_returning_nan(run, tmp_path):
     assert "NaN" not in (out / R.RESULTS_JSONL).read_text()
 
 
+@NO_DOCKER
 @pytest.mark.slow
 def test_aggregation_that_raises(run, tmp_path):
     helper = "def bad_agg(items):\n    raise ValueError('broken aggregation')\n"
     text = mc_yaml(
         "  - metric: acc\n", "  - metric: acc\n    aggregation: !function utils.bad_agg\n")
-    doc, _, _ = run(with_helper(tmp_path, helper, hook=None, yaml_text=text))
-    failed(doc, "broken aggregation")
+    doc, _, seen = run(with_helper(tmp_path, helper, hook=None, yaml_text=text))
+    failed(doc, "the task's code raised an exception")
+    assert "broken aggregation" not in seen  # task text is never echoed once checkpoints run
 
 
 def test_zip_entry_bytes_are_counted_not_trusted(tmp_path):
@@ -397,19 +429,7 @@ def test_zip_entry_bytes_are_counted_not_trusted(tmp_path):
         load_submission(tmp_path / "sub.zip", tmp_path / "work", UnpackLimits(max_file_bytes=2000))
 
 
-@pytest.mark.slow
-def test_without_namespaces_the_task_still_runs_confined(run, tmp_path):
-    """The unprivileged fallback (a container without CAP_SYS_ADMIN): no namespaces, but the
-    scrubbed environment, limits and captured output still apply."""
-    helper = (f"import os\ndef process_docs(ds):\n    leaked = set(os.environ) & {set(SECRETS)!r}"
-              "\n    assert not leaked, leaked\n    return ds\n")
-    doc, _, _ = run(with_helper(tmp_path, helper),
-                    Limits(memory_bytes=4 << 30, namespaces=False))
-    assert doc["status"] == "ok", doc["error"]
-    assert doc["isolation"]["network"].startswith("not isolated")
-    assert doc["isolation"]["filesystem"].startswith("not isolated")
-
-
+@NO_DOCKER
 @pytest.mark.slow
 def test_aggregation_that_rejects_placeholders_still_runs(run, tmp_path):
     """The metric-key check runs the task's aggregation on placeholder answers; a custom
@@ -428,3 +448,335 @@ def test_aggregation_that_rejects_placeholders_still_runs(run, tmp_path):
     (row,) = R.read_results(out)
     assert row.value is not None and row.status == "ok"
 
+
+
+# ------------------------------------------------------------------ the sandbox, act by act
+PROBE = r'''
+import ctypes, glob, json, os, socket, subprocess, sys
+libc = ctypes.CDLL(None, use_errno=True)
+
+def outcome(fn):
+    """'ok' when the act succeeded, else the errno name that stopped it."""
+    try:
+        r = fn()
+    except OSError as exc:
+        return os.strerror(exc.errno) if exc.errno else type(exc).__name__
+    if isinstance(r, int) and r < 0:
+        return os.strerror(ctypes.get_errno())
+    return "ok"
+
+def write(path):
+    with open(path, "w") as fh:
+        fh.write("forged")
+
+def connect(family, address):
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.settimeout(2)
+    s.connect(address)
+
+def secrets_in_proc():
+    found = []
+    for path in glob.glob("/proc/[0-9]*/environ"):
+        try:
+            text = open(path, "rb").read().decode(errors="replace")
+        except OSError:
+            continue
+        found += [c for c in CANARIES if c in text]
+    return found
+
+def probe():
+    acts = {
+        "read_manifest": lambda: open(MANIFEST).read(),
+        "write_output": lambda: write(OUTPUT + "/results.jsonl"),
+        "plant_output": lambda: write(OUTPUT + "/planted.txt"),
+        "write_outside": lambda: write(OUTSIDE),
+        "tcp_connect": lambda: connect(socket.AF_INET, ("127.0.0.1", TCP_PORT)),
+        "unix_connect": lambda: connect(socket.AF_UNIX, UNIX_PATH),
+        "unshare_ns": lambda: libc.unshare(0x00020000 | 0x40000000),
+        "unshare_user": lambda: libc.unshare(0x10000000),
+        "mount_tmpfs": lambda: libc.mount(b"none", b"/tmp", b"tmpfs", 0, None),
+        "umount_proc": lambda: libc.umount2(b"/proc", 2),
+        "ptrace_parent": lambda: libc.ptrace(16, os.getppid(), None, None),
+        "kill_parent": lambda: os.kill(os.getppid(), 0),
+    }
+    seen = {name: outcome(fn) for name, fn in acts.items()}
+    seen["proc_secrets"] = secrets_in_proc()
+    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", DAEMON],
+                     start_new_session=True, stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return seen
+
+def process_docs(ds):
+    report = "PROBE" + json.dumps(probe()) + "PROBE"
+    return ds.map(lambda d, i: {"question": d["question"] + (report if i == 0 else "")},
+                  with_indices=True)
+'''
+
+PATH_ACTS = ("read_manifest", "write_output", "plant_output", "write_outside")
+SYSCALL_ACTS = ("tcp_connect", "unix_connect", "unshare_ns", "unshare_user", "mount_tmpfs",
+                "umount_proc", "ptrace_parent")
+REFUSED = {os.strerror(e) for e in (1, 13)}  # EPERM, EACCES: refused, not merely absent
+
+
+def _daemons(marker: str) -> list[int]:
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if marker.encode() in cmdline.read_bytes():
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            pass
+    return pids
+
+
+@EVERY_PROFILE
+@pytest.mark.slow
+@pytest.mark.parametrize("namespaces", [True, False], ids=["namespaces", "no-namespaces"])
+def test_sandbox_refuses_each_forbidden_act(run, tmp_path, one_ckpt, namespaces):
+    """Task code tries, one by one, what the trust boundary forbids: read the manifest,
+    write the outputs or beside them, reach a TCP or Unix socket, undo the mounts, trace or
+    signal the runner, read other processes' secrets, and leave a daemon behind. Each act
+    fails for lack of permission (not for lack of a target), with or without namespaces."""
+    import socket
+    import uuid
+
+    tcp = socket.socket()
+    tcp.bind(("127.0.0.1", 0))
+    tcp.listen()
+    unix_path = tmp_path / "s.sock"
+    unix = socket.socket(socket.AF_UNIX)
+    unix.bind(str(unix_path))
+    unix.listen()
+    os.chmod(unix_path, 0o777)
+    daemon = f"E2LMC-DAEMON-{uuid.uuid4().hex}"
+    out, outside = tmp_path / "out", tmp_path / "outside.txt"
+    header = (f"MANIFEST = {str(one_ckpt / 'manifest.yaml')!r}\nOUTPUT = {str(out)!r}\n"
+              f"OUTSIDE = {str(outside)!r}\nTCP_PORT = {tcp.getsockname()[1]}\n"
+              f"UNIX_PATH = {str(unix_path)!r}\nDAEMON = {daemon!r}\n"
+              f"CANARIES = {sorted(SECRETS.values())!r}\n")
+    try:
+        doc, out, _ = run(with_helper(tmp_path, header + PROBE),
+                          Limits(memory_bytes=4 << 30, namespaces=namespaces))
+    finally:
+        tcp.close()
+        unix.close()
+    assert doc["status"] == "ok", doc["error"]
+    prompt = R.read_items(out)[0].prompt
+    seen = json.loads(prompt.split("PROBE")[1])
+    for act in (*PATH_ACTS, *SYSCALL_ACTS):
+        assert seen[act] != "ok", f"the task process could {act}"
+    for act in SYSCALL_ACTS:
+        assert seen[act] in REFUSED, f"{act}: {seen[act]}"
+    assert seen["proc_secrets"] == []
+    assert not outside.exists() and not (out / "planted.txt").exists()
+    assert _daemons(daemon) == [], "a daemon of the task outlived the ingestion"
+    iso = doc["isolation"]
+    assert iso["landlock"].startswith("ABI") and "no socket()" in iso["seccomp"], iso
+    assert iso["no_new_privs"] == "set"
+    assert iso["capabilities"].startswith("none"), iso
+    if not namespaces:
+        assert iso["network"].startswith("no namespace"), iso
+
+
+# ------------------------------------------------------------------ what the task sends back
+GEN_YAML = """task: mini_gen
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: data/test.jsonl
+test_split: test
+output_type: generate_until
+doc_to_text: "Question: {{question}}\\nAnswer:"
+doc_to_target: "{{choices[answer]}}"
+generation_kwargs:
+GEN_SETTINGS
+metric_list:
+  - metric: exact_match
+metadata:
+  version: 1
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("settings, needle", [
+    ({"custom_generate": "/tmp", "trust_remote_code": True}, "custom_generate"),
+    ({"until": ["\n"], "max_length": 100000}, "max_length"),
+    ({"until": ["\n"], "min_new_tokens": 100000}, "min_new_tokens"),
+    ({"until": ["\n"], "max_gen_toks": 100000}, "max_gen_toks must be a whole number"),
+    ({"until": ["\n"], "temperature": 1e9}, "temperature must be a number"),
+], ids=["custom_generate", "max_length", "min_new_tokens", "max_gen_toks", "temperature"])
+@EVERY_PROFILE
+def test_generation_settings_outside_the_whitelist(run, tmp_path, settings, needle):
+    """Generation settings choose what `model.generate` runs (a `custom_generate` folder
+    with `trust_remote_code` imports participant code into the trusted engine; a huge
+    `max_length` hangs it): anything off the whitelist ends before any checkpoint."""
+    body = "".join(f"  {k}: {json.dumps(v)}\n" for k, v in settings.items())
+    folder = build.task_folder(tmp_path / "sub", name="mini_gen", metric="exact_match,none",
+                               yaml_text=GEN_YAML.replace("GEN_SETTINGS\n", body))
+    doc, out, _ = run(folder)
+    failed(doc, needle)
+    assert not (out / R.RESULTS_JSONL).exists() or R.read_results(out) == []
+
+
+FORGE_REPLIES = r'''
+import glob, json
+import e2lmc.ingestion.child as child
+
+def process_docs(ds):
+    token = " ".join(open(p).read() for p in glob.glob("/**/metadata.yaml", recursive=True)
+                     if "hf_token" in open(p).read())
+    original = child.Session.score
+    def score(self, answers):
+        out = original(self, answers)
+        out["metrics"]["acc,none"] = 0.99
+        out["metrics"]["leak " + token + ",none"] = 1.0
+        out["metrics"]["acc,none\n[9/9] forged line"] = 1.0
+        return out
+    child.Session.score = score
+    child._fail = lambda exc: {"ok": False, "kind": "LEAKED-KIND\n[1/1] forged",
+                               "error": "LEAKED-ERROR"}
+    return ds
+'''
+
+
+@EVERY_PROFILE
+@pytest.mark.slow
+def test_forged_replies_are_data_not_text(run, tmp_path):
+    """Task code rewrites the task process's replies: metric keys carrying the token it
+    found and a newline that forges a progress line; an invented error kind. The runner
+    keeps only declared keys, takes kinds from its closed set, and shows none of it."""
+    doc, out, seen = run(with_helper(tmp_path, FORGE_REPLIES, hf_token=PARTICIPANT_TOKEN))
+    assert doc["status"] == "ok", doc["error"]
+    (row,) = R.read_results(out)
+    assert set(row.metrics) <= set(doc["submission"]["metric_keys"]
+                                   if "metric_keys" in doc["submission"] else row.metrics)
+    assert all("leak" not in k and "\n" not in k for k in row.metrics)
+    assert "[9/9] forged" not in seen and "LEAKED" not in seen
+
+
+FORGE_KIND = r'''
+import e2lmc.ingestion.child as child
+
+def bad_agg(items):
+    child._fail = lambda exc: {"ok": False, "kind": "hidden value 0.7731\n[1/1] forged",
+                               "error": "hidden value 0.7731"}
+    raise ValueError("hidden value 0.7731")
+'''
+
+
+@EVERY_PROFILE
+@pytest.mark.slow
+def test_error_kind_is_from_a_closed_set(run, tmp_path):
+    text = mc_yaml(
+        "  - metric: acc\n", "  - metric: acc\n    aggregation: !function utils.bad_agg\n")
+    doc, out, seen = run(with_helper(tmp_path, FORGE_KIND, hook=None, yaml_text=text))
+    failed(doc, "the task's code raised an exception")
+    assert "hidden value" not in seen and "[1/1] forged" not in seen
+
+
+@EVERY_PROFILE
+@pytest.mark.slow
+def test_document_count_comes_from_the_requests(run, tmp_path):
+    """The task process claims 14,999 documents for 120 real ones, each fake document
+    pointing at real requests: the runner counts what the engine will really answer."""
+    helper = r'''
+import e2lmc.ingestion.child as child
+original = child.Session.prepare
+def prepare(self):
+    out = original(self)
+    for task, docs in out["documents"].items():
+        docs += [[10_000 + i, docs[i % len(docs)][1]] for i in range(14_999 - len(docs))]
+    return out
+child.Session.prepare = prepare
+def process_docs(ds):
+    return ds
+'''
+    doc, _, seen = run(with_helper(tmp_path, helper, n_docs=120))
+    assert doc["status"] == "ok", doc["error"]
+    assert doc["n_docs"] == 120 and "14,999" not in seen and "14999" not in seen
+
+
+@NO_DOCKER
+@pytest.mark.slow
+def test_task_name_cannot_forge_a_log_line(run, tmp_path):
+    folder = build.task_folder(tmp_path / "sub", task_name="mini_mc\n[3/3] forged 0.99")
+    doc, _, seen = run(folder)
+    failed(doc, "task_name")
+    assert "\n[3/3] forged" not in seen
+
+
+COUNTING_METRIC = r'''
+import os
+CALLS = [0]
+
+def counting_agg(items):
+    """Counts its own calls, in memory and in a file: a curve that rises by itself."""
+    CALLS[0] += 1
+    path = os.path.join(os.environ["HOME"], "calls.txt")
+    try:
+        n = int(open(path).read()) + 1
+        open(path, "w").write(str(n))
+    except OSError:
+        n = 0
+    try:
+        open(path, "w").write(str(n))
+    except OSError:
+        pass
+    return CALLS[0] + n
+'''
+
+
+@EVERY_PROFILE
+@pytest.mark.slow
+def test_a_metric_that_counts_its_calls_draws_no_curve(run, tiny_grid, tmp_path):
+    """Each checkpoint's metrics come from a fresh fork that may not write: a metric that
+    counts its calls gives every checkpoint the same value, so its SQ is 0."""
+    import numpy as np
+
+    from e2lmc.scoring.sq import sq_curve
+
+    three = build.subset_manifest(tiny_grid, tmp_path / "three", checkpoints=3)
+    text = mc_yaml(
+        "  - metric: acc\n", "  - metric: acc\n    aggregation: !function utils.counting_agg\n")
+    doc, out, _ = run(with_helper(tmp_path, COUNTING_METRIC, hook=None, yaml_text=text),
+                      input_data=three)
+    assert doc["status"] == "ok", doc["error"]
+    rows = sorted(R.read_results(out), key=lambda r: r.tokens_b)
+    values = [r.value for r in rows]
+    assert len(values) == 3 and len(set(values)) == 1, values
+    assert sq_curve(np.array(values))["sq"] == 0.0
+
+
+@EVERY_PROFILE
+@pytest.mark.slow
+def test_garbage_on_the_reply_pipe_is_a_named_error(run, tmp_path):
+    """Task code writes its own frames on the reply pipe: a header announcing more bytes
+    than follow, then bytes that are not JSON. The runner names a protocol error."""
+    helper = ("import os, struct, sys\n"
+              "def process_docs(ds):\n"
+              "    fd = int(sys.argv[2])\n"
+              "    os.write(fd, struct.pack('>Q', 12) + b'\\xff\\xfe{not json}')\n"
+              "    os._exit(0)\n")
+    doc, _, _ = run(with_helper(tmp_path, helper))
+    failed(doc, "malformed data")
+    assert doc["error_kind"] == "protocol"
+
+
+def test_log_tail_reads_only_the_end(tmp_path):
+    """A task that printed 500 MiB: its tail is read from the end, bounded, cleaned."""
+    import tracemalloc
+
+    from e2lmc.ingestion.taskproc import TaskProcess
+
+    tp = TaskProcess(tmp_path, "t", tmp_path)
+    with open(tp.log_path, "wb") as fh:
+        fh.truncate(500 << 20)  # sparse: costs no disk
+        fh.seek(0, os.SEEK_END)
+        fh.write(b"Traceback\n\x1b[31mValueError: bad row\n[3/3] forged 0.99\n")
+    tracemalloc.start()
+    tail = tp.log_tail()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 1 << 20, f"reading the tail took {peak} bytes"
+    assert "ValueError: bad row" in tail and "\x1b" not in tail
+    assert all(line.startswith("| ") for line in tail.splitlines())

@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 
 from e2lmc import results as R
+from e2lmc import signing
 from e2lmc.ingestion.run import evaluation_order, ingest, spread
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "ingest"))
 import build  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-TIMING = {"seconds"}
+TIMING = {"seconds", "signature"}  # the signature covers the timing too
 
 
 def rows_without_timing(out: Path) -> dict[str, dict]:
@@ -148,7 +149,7 @@ def test_time_budget_ends_partial_after_the_most_needed(tiny_grid, tmp_path, mon
     assert len(doc["checkpoints"]["missing"]) == 6
     assert any("ETA" in ln and "[3/9]" in ln for ln in lines)
     with pytest.raises(Exception, match="partial"):
-        R.read_ingestion(out)
+        R.read_ingestion(out, signing.load_key(tiny_grid.path.parent))
 
 
 def start_and_stop(cmd: list[str], env: dict, results: Path, rows: int, sig: int) -> None:

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from e2lmc import results as R
+from e2lmc import signing
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "ingest"))
 import build  # noqa: E402
@@ -41,7 +42,7 @@ def test_entry_point_on_an_app_layout(tiny_grid, tmp_path):
     proc = subprocess.run([sys.executable, "ingestion.py"], cwd=program, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    doc = R.read_ingestion(app / "output")
+    doc = R.read_ingestion(app / "output", signing.load_key(app / "input_data"))
     assert doc["status"] == "ok" and doc["task"] == "sci_cloze"
     assert len(R.read_results(app / "output")) == 1
     assert "[1/1]" in proc.stdout

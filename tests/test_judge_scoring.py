@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from e2lmc import signing
 from e2lmc.errors import UserError
-from e2lmc.results import Item, ResultRow, append_jsonl, write_json
+from e2lmc.results import Item, ResultRow, append_jsonl, sign_row, signing_context, write_ingestion
 from e2lmc.scoring.program import score
 
 from judge_server import MARKER, JudgeServer
@@ -27,23 +28,24 @@ def make_res(tmp: Path, n_items: int, marked: int, leaked: int, judge: str) -> t
     res, ref = tmp / "res", tmp / "ref"
     res.mkdir()
     ref.mkdir()
+    key = signing.new_key()
+    signing.write_key(ref / signing.KEY_NAME, key)
+    submission = {"task": "task", "metric": "acc,none", "fingerprint": "fp-1"}
     for m, attrs in MODELS.items():
         boost = 0.1 if attrs["size"] == "l" else 0.0
         for i in range(12):
             tokens = 1.0 + i
             v = 0.3 + boost + 0.01 * i + 0.003 * rng.random()
-            append_jsonl(res / "results.jsonl", ResultRow(
+            append_jsonl(res / "results.jsonl", sign_row(ResultRow(
                 m, f"iter_{i:07d}", tokens, "public" if tokens <= 9 else "hidden", "acc,none",
-                v, iteration=i))
+                v, iteration=i), key, signing_context(submission)))
     for i in range(n_items):
         word = MARKER if i < marked else "weather"
         gold = f"answer{i}"
         prompt = f"Q{i}: about {word}." + (f" Hint: {gold}." if i < leaked else "")
         append_jsonl(res / "items.jsonl", Item("task", i, prompt, gold,
                                                [gold, f"wrong{i}", f"bad{i}", f"no{i}"], 0))
-    write_json(res / "ingestion.json", {
-        "status": "ok", "models": MODELS,
-        "submission": {"task": "task", "metric": "acc,none", "fingerprint": "fp-1"}})
+    write_ingestion(res, {"status": "ok", "models": MODELS, "submission": submission}, key)
     (ref / "scoring.yaml").write_text(
         "sq: {models: {arch: arch1, data: science}}\nrc: {reference_tokens_b: 9}\n"
         "cs: {checkpoints: {stage: null, max_tokens_b: 9}}\n" + judge +

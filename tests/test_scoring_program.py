@@ -1,4 +1,8 @@
-"""The scoring program on hand-made ingestion outputs: files, failures, hidden values."""
+"""The scoring program on hand-made ingestion outputs: files, failures, hidden values.
+
+The outputs are signed through the ingestion's own helpers, with a key in the reference
+data as a built bundle has it (tests/test_signing.py covers outputs that do not verify).
+"""
 
 import json
 import math
@@ -12,8 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from e2lmc import signing
 from e2lmc.errors import IngestionFailed
-from e2lmc.results import ResultRow, append_jsonl, write_json
+from e2lmc.results import ResultRow, append_jsonl, sign_row, signing_context, write_ingestion
 from e2lmc.scoring.program import LEADERBOARD_KEYS, score
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,17 +61,19 @@ def make_res(tmp: Path, status: str = "ok", rows=None, seed: int = 0) -> tuple[P
                     hidden[f"{m}/iter_{i:07d}"] = value
                 rows.append(ResultRow(m, f"iter_{i:07d}", tokens, stage, "acc,none", value,
                                       metrics={"acc,none": value}, iteration=i))
-    for r in rows:
-        append_jsonl(res / "results.jsonl", r)
-    write_json(res / "ingestion.json", {
-        "status": status, "error": None if status == "ok" else "CUDA out of memory",
-        "models": MODELS,
-        "submission": {"task": "demo_task", "metric": "acc,none", "n_docs": 500,
-                       "fingerprint": "abc123"},
-    })
     ref = tmp / "ref"
     ref.mkdir()
     (ref / "scoring.yaml").write_text(SCORING_YAML)
+    key = signing.new_key()
+    signing.write_key(ref / signing.KEY_NAME, key)
+    submission = {"task": "demo_task", "metric": "acc,none", "n_docs": 500,
+                  "fingerprint": "abc123"}
+    for r in rows:
+        append_jsonl(res / "results.jsonl", sign_row(r, key, signing_context(submission)))
+    write_ingestion(res, {
+        "status": status, "error": None if status == "ok" else "CUDA out of memory",
+        "models": MODELS, "submission": submission,
+    }, key)
     return res, hidden
 
 
@@ -144,7 +151,7 @@ def test_cli_and_scoring_program_exit_codes(tmp_path):
     # the same output scored after a successful ingestion
     doc = json.loads((app / "input/res/ingestion.json").read_text())
     doc["status"] = "ok"
-    write_json(app / "input/res/ingestion.json", doc)
+    write_ingestion(app / "input/res", doc, signing.load_key(app / "input/ref"))
     p = subprocess.run([sys.executable, "score.py"], cwd=REPO / "scoring_program", env=env,
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stderr

@@ -76,6 +76,9 @@ def test_scores_and_layout(tmp_path, bundle, input_data, monkeypatch):
     done = result.workdir / "prediction"
     assert (done / "ingested_program" / "nested" / "task.yaml").is_file()
     assert not (app / "ingested_program").exists() and not (app / "input_data").exists()
+    # a layout without signing keys gets one fresh key, the same for both steps
+    key = (app / "input" / "ref" / "signing.key").read_text()
+    assert (done / "input_data" / "signing.key").read_text() == key
 
     probe = json.loads((res / "probe.json").read_text())
     assert probe["argv"] == ["ingestion.py"]

@@ -1,8 +1,10 @@
 """Docker mode's container settings, checked without a Docker engine (a fake client).
 
 The real engine is exercised by tests/test_docker_worker.py where one is available; this
-test pins the worker's hardening everywhere: capabilities, no-new-privileges, mounts,
-environment, GPU request, network, user.
+test pins the worker's hardening everywhere: capabilities, no-new-privileges, user
+namespace, mounts, environment, GPU request, network, user. The capability list is the
+compute worker's own (codalab/codabench compute_worker/compute_worker.py), spelled out here
+so that a change to the constant shows up as a test change.
 """
 
 from __future__ import annotations
@@ -16,7 +18,11 @@ from pathlib import Path
 import pytest
 
 from bundle_standins import make_standin_bundle
-from e2lmc.bundle.worker import run_local
+from e2lmc.bundle.worker import WORKER_CAP_DROP, run_local
+
+CODABENCH_CAP_DROP = ["AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL",
+                      "MKNOD", "NET_BIND_SERVICE", "NET_RAW", "SETFCAP", "SETGID", "SETPCAP",
+                      "SETUID", "SYS_CHROOT"]
 
 
 class FakeContainer:
@@ -79,8 +85,11 @@ def test_container_settings(tmp_path, fake_docker, monkeypatch):
     ingestion, scoring = fake_docker.created
     for call in (ingestion, scoring):
         assert call["image"] == "e2lmc:test"
-        assert call["cap_drop"] == ["ALL"]
+        assert call["cap_drop"] == CODABENCH_CAP_DROP == list(WORKER_CAP_DROP)
+        # no `seccomp=` option: Docker's default profile, as on the worker
         assert call["security_opt"] == ["no-new-privileges"]
+        assert call["userns_mode"] == "host"
+        assert "cap_add" not in call and "privileged" not in call
         assert call["working_dir"] == "/app/program"
         assert call["environment"] == {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
         assert call["network_disabled"] is True and call["user"] == "1000:1000"

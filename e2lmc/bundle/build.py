@@ -4,10 +4,13 @@ The repository is the bundle's source: competition.yaml names every part. The bu
 exactly those parts (no caches), puts a copy of the e2lmc package into each program folder
 (Codabench zips program folders on their own, so they cannot import from the repo),
 attaches `starting_kit/` to every phase when the repository has one, adds the judge key
-from the organizer's file to each task's reference data, checks the result with
+from the organizer's file to each task's reference data and one fresh signing key
+(e2lmc.signing) to every task's input and reference data, checks the result with
 `e2lmc bundle check`, and only then writes the zip (atomically).
 
-The judge key never comes from the repository: any key file found there is left out.
+Keys never come from the repository: any judge or signing key file found there is left
+out. Each build has a new signing key, so only the key file differs between two builds
+of the same sources.
 """
 
 from __future__ import annotations
@@ -22,14 +25,16 @@ from typing import Any
 
 import yaml
 
+from e2lmc import signing
 from e2lmc.bundle.check import check_bundle_dir
-from e2lmc.bundle.layout import (COMPETITION_YAML, STARTING_KIT, as_list, copy_clean,
-                                 default_root, install_judge_key, judge_key_name,
+from e2lmc.bundle.layout import (COMPETITION_YAML, DATA_KEYS, STARTING_KIT, as_list,
+                                 copy_clean, default_root, install_judge_key, judge_key_name,
                                  load_competition, program_dirs, referenced_paths,
                                  vendor_package)
 from e2lmc.errors import UserError
 
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same sources give the same zip
+# (but for the signing key, new in each build)
 
 
 def _reference_dirs(doc: dict[str, Any]) -> list[str]:
@@ -37,10 +42,28 @@ def _reference_dirs(doc: dict[str, Any]) -> list[str]:
             if isinstance(t, dict) and isinstance(t.get("reference_data"), str)]
 
 
+def _data_dirs(doc: dict[str, Any]) -> list[str]:
+    """Every task's input_data and reference_data folder (tasks defined in the bundle)."""
+    return [t[k] for t in as_list(doc.get("tasks")) if isinstance(t, dict) and "key" not in t
+            for k in DATA_KEYS if isinstance(t.get(k), str)]
+
+
 def _key_files_in_repo(root: Path, doc: dict[str, Any]) -> list[str]:
-    """Judge key file names per reference folder, to keep them out of the copy."""
+    """Key file names (judge keys per reference folder, the signing key), to keep them
+    out of the copy."""
     names = {judge_key_name(root / rel) for rel in _reference_dirs(doc) if (root / rel).is_dir()}
-    return sorted(names)
+    return sorted(names | {signing.KEY_NAME})
+
+
+def _install_signing_key(dest: Path, doc: dict[str, Any]) -> None:
+    """One fresh key into every task's input and reference data: ingestion signs its
+    output with it, scoring verifies with it."""
+    key = signing.new_key()
+    for rel in _data_dirs(doc):
+        if not (dest / rel).is_dir():
+            raise UserError(f"{COMPETITION_YAML}: {rel!r} must be a folder, to hold the "
+                            f"{signing.KEY_NAME} that ingestion and scoring share")
+        signing.write_key(dest / rel / signing.KEY_NAME, key)
 
 
 def stage_bundle(root: Path, dest: Path, judge_key_file: Path | None = None) -> dict[str, Any]:
@@ -65,6 +88,7 @@ def stage_bundle(root: Path, dest: Path, judge_key_file: Path | None = None) -> 
             p.setdefault("starting_kit", f"{STARTING_KIT}/")
         text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
     (dest / COMPETITION_YAML).write_text(text)
+    _install_signing_key(dest, doc)
 
     if judge_key_file is not None:
         refs = _reference_dirs(doc)

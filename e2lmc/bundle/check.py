@@ -17,13 +17,16 @@ import re
 import shlex
 import sys
 import uuid
+import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
 
-from e2lmc.bundle.layout import (COMPETITION_YAML, DATA_KEYS, PROGRAM_KEYS, as_list,
-                                 load_competition, opened_bundle, package_dir, program_dirs)
+from e2lmc import signing
+from e2lmc.bundle.layout import (COMPETITION_YAML, DATA_KEYS, PROGRAM_KEYS, STARTING_KIT,
+                                 as_list, load_competition, opened_bundle, package_dir,
+                                 program_dirs)
 from e2lmc.errors import UserError
 
 REQUIRED_KEYS = ("title", "image", "terms", "pages", "phases", "tasks", "leaderboards")
@@ -374,6 +377,50 @@ class Checker:
             if target is not None and not target.is_file():
                 self.add(where, f"command runs {script!r}, which is not in the program folder")
 
+    # -- signing key ------------------------------------------------------------------
+    def signing_keys(self, doc: dict[str, Any]) -> None:
+        """Each task's input_data and reference_data hold the same signing key (ingestion
+        signs its output with it, scoring verifies with it); what participants can
+        download holds none."""
+        rebuild = "rebuild the bundle with `e2lmc bundle build` (it writes one fresh key)"
+        for i, task in enumerate(as_list(doc.get("tasks"))):
+            if not isinstance(task, dict) or "key" in task:
+                continue
+            where = f"tasks[{i}] ({task.get('name', task.get('index'))})"
+            keys: dict[str, bytes] = {}
+            for k in DATA_KEYS:
+                rel = task.get(k)
+                if not isinstance(rel, str) or not (self.root / rel).is_dir():
+                    continue  # absent, or reported by tasks()
+                path = self.root / rel / signing.KEY_NAME
+                if not path.is_file():
+                    self.add(f"{where}.{k}", f"{rel.rstrip('/')}/{signing.KEY_NAME} is "
+                             "missing: ingestion signs its output with it and scoring refuses "
+                             f"what it cannot verify; {rebuild}")
+                    continue
+                try:
+                    keys[k] = signing.read_key(path, rebuild)
+                except UserError as exc:
+                    self.add(f"{where}.{k}", str(exc))
+            if len(set(keys.values())) > 1:
+                self.add(where, f"input_data and reference_data hold different "
+                         f"{signing.KEY_NAME} files, so scoring would refuse every output; "
+                         + rebuild)
+        for rel in self._participant_paths(doc):
+            for name in _key_files(self.root / rel):
+                self.add(f"{rel.rstrip('/')}/{name}", "a signing key in what participants "
+                         "download would let them forge ingestion outputs; remove it (the "
+                         "key belongs in input_data and reference_data only)")
+
+    @staticmethod
+    def _participant_paths(doc: dict[str, Any]) -> list[str]:
+        paths = {STARTING_KIT}
+        for phase in as_list(doc.get("phases")):
+            if isinstance(phase, dict):
+                paths |= {phase[k].rstrip("/") for k in ("starting_kit", "public_data")
+                          if isinstance(phase.get(k), str)}
+        return sorted(paths)
+
     # -- cross-check ------------------------------------------------------------------
     def score_keys(self, doc: dict[str, Any], column_keys: list[str]) -> None:
         if not column_keys:
@@ -473,6 +520,16 @@ def metadata_writes(py: Path) -> list[int]:
     return lines
 
 
+def _key_files(path: Path) -> list[str]:
+    """Signing key files in a folder or a zip, relative to it."""
+    if path.is_dir():
+        return sorted(p.relative_to(path).as_posix() for p in path.rglob(signing.KEY_NAME))
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            return [n for n in zf.namelist() if PurePosixPath(n).name == signing.KEY_NAME]
+    return []
+
+
 def check_bundle_dir(root: Path) -> list[str]:
     """Every violation found in an unpacked bundle, one line each (empty: the bundle is OK)."""
     doc = load_competition(root)
@@ -485,6 +542,7 @@ def check_bundle_dir(root: Path) -> list[str]:
     column_keys = checker.leaderboards(doc)
     for rel in program_dirs(doc):
         checker.program(rel)
+    checker.signing_keys(doc)
     checker.score_keys(doc, column_keys)
     return checker.errors
 

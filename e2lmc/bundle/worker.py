@@ -10,11 +10,13 @@ Two steps, as on the platform:
 
 Each program's metadata.yaml `command` runs without a shell, from `/app/program`, with only
 `PYTHONUNBUFFERED=1` set, like the worker. Docker mode mounts the same folders into the
-image with the worker's hardening (all capabilities dropped: the worker's explicit list is
-exactly Docker's default set; no-new-privileges; a GPU request when asked). In-process mode runs the command as a subprocess of this Python with
-`E2LMC_APP_ROOT` pointing at the laid-out folder instead of `/app`; the few host variables
-it keeps are listed in HOST_ENV (paths, locale, caches, offline switches: never tokens or
-keys).
+image with the worker's own container settings (`worker_hardening`): root, the worker's
+explicit `cap_drop` list (WORKER_CAP_DROP, which is Docker's whole default set, so nothing
+is left), `no-new-privileges`, the host's user namespace, Docker's default seccomp profile,
+network on unless `network=False`, and a GPU request when asked. In-process mode runs the
+command as a subprocess of this Python with `E2LMC_APP_ROOT` pointing at the laid-out
+folder instead of `/app`; the few host variables it keeps are listed in HOST_ENV (paths,
+locale, caches, offline switches: never tokens or keys).
 
 Like the worker, a failed prediction step does not stop the run: the scoring program must
 notice it (from `ingestionExitCode` or the ingestion output) and fail itself.
@@ -38,12 +40,20 @@ from typing import Any
 
 import yaml
 
+from e2lmc import signing
 from e2lmc.bundle.layout import (COMPETITION_YAML, as_list, copy_clean, default_root,
                                  extract_zip, find_task, install_judge_key, load_competition,
                                  vendor_package)
 from e2lmc.errors import UserError
 
 WORKER_ENV = {"PYTHONUNBUFFERED": "1"}
+# The compute worker's container settings, as in codalab/codabench
+# compute_worker/compute_worker.py (`_run_program_directory`: cap_drop_list, security_opt
+# ["no-new-privileges"] under Docker, userns_mode "host"; no seccomp option, so Docker's
+# default profile). The tests' `worker` profile (tests/profiles.py) uses the same settings.
+WORKER_CAP_DROP = ("AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD",
+                   "NET_BIND_SERVICE", "NET_RAW", "SETFCAP", "SETGID", "SETPCAP", "SETUID",
+                   "SYS_CHROOT")
 # In-process mode only: what a subprocess needs to find programs, caches and locales.
 HOST_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "HF_HOME", "HF_HUB_CACHE",
             "HF_DATASETS_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
@@ -125,13 +135,6 @@ def _unzip_submission(submission: Path, dest: Path) -> None:
         extract_zip(submission, dest)
     else:
         raise UserError(f"{submission}: submission not found; pass the submission zip")
-    meta = dest / "metadata.yaml"
-    if meta.is_file():
-        doc = yaml.safe_load(meta.read_text()) or {}
-        if isinstance(doc, dict) and doc.get("command"):
-            print(f"run-local: warning: {submission} has a `command` in metadata.yaml; "
-                  "Codabench would run it in its own container; run-local does not",
-                  file=sys.stderr)
 
 
 def _stage_manifest(src: Path, dst: Path, docker: bool) -> list[tuple[Path, str]]:
@@ -190,6 +193,21 @@ def _local(source: Any, base: Path) -> Path | None:
     return Path(source) if Path(source).is_absolute() else (base / source).resolve()
 
 
+def _run_key(*folders: Path | None) -> bytes:
+    """The signing key both steps share, as in a built bundle: the first of the folders'
+    signing.key, else a fresh one for this run (Docker mode's containers share no home,
+    so the per-user key would differ between the steps)."""
+    for folder in folders:
+        if folder is not None and (folder / signing.KEY_NAME).is_file():
+            return signing.load_key(folder)
+    return signing.new_key()
+
+
+def _give_key(folder: Path, key: bytes) -> None:
+    if not (folder / signing.KEY_NAME).is_file():
+        signing.write_key(folder / signing.KEY_NAME, key)
+
+
 def _fresh_dir(path: Path) -> Path:
     if path.exists():
         shutil.rmtree(path)
@@ -212,6 +230,12 @@ def _write_worker_metadata(output: Path, exit_code: int | None, elapsed: float,
 
 
 # -- runners --------------------------------------------------------------------------
+def worker_hardening(network: bool = True) -> dict[str, Any]:
+    """The docker SDK arguments that reproduce the compute worker's container settings."""
+    return {"cap_drop": list(WORKER_CAP_DROP), "security_opt": ["no-new-privileges"],
+            "userns_mode": "host", "network_disabled": not network}
+
+
 class InProcessRunner:
     """Runs a program as a subprocess of this interpreter, with E2LMC_APP_ROOT set."""
 
@@ -283,9 +307,8 @@ class DockerRunner:
             kwargs["user"] = self.user
         container = self.client.containers.create(
             self.image, command=argv, working_dir="/app/program", volumes=volumes,
-            environment={**WORKER_ENV, **self.extra_env}, cap_drop=["ALL"],
-            security_opt=["no-new-privileges"], network_disabled=not self.network,
-            detach=True, **kwargs)
+            environment={**WORKER_ENV, **self.extra_env}, detach=True,
+            **worker_hardening(self.network), **kwargs)
         out, err = logs / f"{name}.stdout.txt", logs / f"{name}.stderr.txt"
         import requests
 
@@ -364,6 +387,8 @@ def run_local(submission: str | Path, task: str, bundle: str | Path | None = Non
         weight_mounts = _stage_manifest(input_src, app / "input_data", docker_image is not None)
     else:
         (app / "input_data").mkdir()
+    key = _run_key(app / "input_data", ref_src)
+    _give_key(app / "input_data", key)
     _fresh_dir(app / "output")
     data_dir = _link_data(app / "data", Path(data) if data else None, docker_image is not None)
     mounts = {"/app/program": app / "program", "/app/ingested_program": app / "ingested_program",
@@ -385,6 +410,7 @@ def run_local(submission: str | Path, task: str, bundle: str | Path | None = Non
         if not ref_src.is_dir():
             raise UserError(f"{ref_src}: reference data folder not found")
         copy_clean(ref_src, app / "input" / "ref")
+    _give_key(app / "input" / "ref", key)
     if judge_key_file:
         install_judge_key(app / "input" / "ref", Path(judge_key_file))
     _program_copy(root / entry["scoring_program"], app / "program")

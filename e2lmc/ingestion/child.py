@@ -14,32 +14,19 @@ Every reply is {"ok": false, "kind", "error"} on failure. Checkpoints are opaque
 
 from __future__ import annotations
 
-import ctypes
 import json
 import math
 import os
-import re
-import resource
-import signal
 import sys
 import traceback
 from pathlib import Path
 from typing import Any
 
-from e2lmc.ingestion import wire
+from e2lmc.ingestion import sandbox, wire
 from e2lmc.ingestion.items import task_items
+from e2lmc.ingestion.replies import SUPPORTED_OUTPUT_TYPES
 
 PACKAGED_BUILDERS = {"json", "csv", "parquet", "arrow", "text", "pandas"}
-SUPPORTED_OUTPUT_TYPES = ("multiple_choice", "loglikelihood", "loglikelihood_rolling",
-                          "generate_until")
-NOBODY = 65534
-CLONE_NEWNET = 0x40000000
-CLONE_NEWNS = 0x00020000
-CLONE_NEWPID = 0x20000000
-PR_SET_PDEATHSIG = 1
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
-MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
-_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 class TaskError(Exception):
@@ -48,114 +35,6 @@ class TaskError(Exception):
     def __init__(self, kind: str, message: str):
         super().__init__(message)
         self.kind = kind
-
-
-# --------------------------------------------------------------------------- confinement
-def confine(cfg: dict[str, Any]) -> dict[str, str]:
-    """Apply the isolation the platform allows; return what was achieved (for the docs)."""
-    done: dict[str, str] = {}
-    libc = _LIBC
-    libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)  # die with the runner
-    use_ns = cfg.get("limits", {}).get("namespaces", True)
-    if not cfg.get("allow_network"):
-        if use_ns and libc.unshare(CLONE_NEWNET) == 0:
-            done["network"] = "namespace"  # only a loopback device, down
-        else:
-            done["network"] = "not isolated (no privilege for a network namespace)"
-    else:
-        done["network"] = "allowed by the manifest"
-    if use_ns:
-        done.update(_confine_files(cfg))
-    else:
-        done.update(filesystem="not isolated (namespaces switched off)", hidden="none",
-                    processes="visible")
-    lim = cfg.get("limits", {})
-    done["user"] = "same as the runner"
-    if os.geteuid() == 0 and lim.get("drop_privileges", True):
-        try:
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            done["user"] = "nobody"
-        except OSError:  # no CAP_SETUID/CAP_SETGID in this container
-            done["user"] = "same as the runner (could not switch to nobody)"
-        os.chdir(cfg["home"])
-    for name, key in (("RLIMIT_AS", "memory_bytes"), ("RLIMIT_CPU", "cpu_seconds"),
-                      ("RLIMIT_FSIZE", "file_bytes")):
-        value = lim.get(key)
-        if value:
-            resource.setrlimit(getattr(resource, name), (int(value), int(value)))
-    if lim.get("nproc") and done["user"] == "nobody":
-        resource.setrlimit(resource.RLIMIT_NPROC, (int(lim["nproc"]), int(lim["nproc"])))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    return done
-
-
-def _mount(src, target, fstype, flags, data=None) -> bool:
-    enc = (lambda x: None if x is None else str(x).encode())
-    return _LIBC.mount(enc(src), enc(target), enc(fstype), flags, enc(data)) == 0
-
-
-def _mount_points() -> list[str]:
-    points = []
-    with open("/proc/self/mountinfo") as fh:
-        for line in fh:
-            mp = line.split()[4]
-            points.append(re.sub(r"\\(\d{3})", lambda m: chr(int(m.group(1), 8)), mp))
-    return points
-
-
-def _confine_files(cfg: dict[str, Any]) -> dict[str, str]:
-    """Private mount namespace: hidden paths under empty tmpfs, all read-only but home.
-
-    Needs CAP_SYS_ADMIN (root outside a locked-down container); otherwise nothing changes
-    and the report says so.
-    """
-    home = cfg["home"]
-    own_pids = _LIBC.unshare(CLONE_NEWNS | CLONE_NEWPID) == 0
-    if not own_pids and _LIBC.unshare(CLONE_NEWNS) != 0:
-        return {"filesystem": "not isolated (no privilege for a mount namespace)",
-                "hidden": "none", "processes": "visible"}
-    _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    if own_pids:
-        _become_pid_namespace_init()
-        # a /proc of our own: other processes (and their environments) are not visible
-        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    hidden = []
-    for path in cfg.get("hide", []):
-        if os.path.isdir(path) and _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV,
-                                          "size=64k,mode=755"):
-            hidden.append(path)
-    _mount(home, home, None, MS_BIND | MS_REC)
-    failed = []
-    for mp in sorted(set(_mount_points()), key=len):
-        if mp == home or mp.startswith(home + "/"):
-            continue
-        if not _mount(None, mp, None, MS_BIND | MS_REMOUNT | MS_RDONLY):
-            failed.append(mp)
-    ro = "/" not in failed
-    return {"filesystem": "read-only except the task's home" if ro
-            else "not isolated (read-only remount refused)",
-            "hidden": ", ".join(hidden) or "none",
-            "processes": "own PID namespace" if own_pids else "visible"}
-
-
-def _become_pid_namespace_init() -> None:
-    """After unshare(CLONE_NEWPID) only children enter the new namespace: fork once.
-
-    The parent stays behind as a relay: it waits and exits the way the child did, so the
-    runner sees the task's exit status or signal, and killing the process group kills both.
-    """
-    pid = os.fork()
-    if pid == 0:
-        _LIBC.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)
-        return
-    _, status = os.waitpid(pid, 0)
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        signal.signal(sig, signal.SIG_DFL)
-        os.kill(os.getpid(), sig)
-    os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)
 
 
 # --------------------------------------------------------------------------- lm-eval guards
@@ -296,11 +175,17 @@ class Session:
         self.lm = ProxyLM()
 
     def prepare(self) -> dict[str, Any]:
+        """Requests (each distinct one once) and, per task, each document's requests.
+
+        The runner counts documents from this list and checks it against the requests;
+        `docs` here only serves the early, friendlier bound check.
+        """
         seed = int(self.cfg.get("fewshot_seed", 1234))
         keys: dict[str, int] = {}
         requests: list[list[Any]] = []
         types: dict[str, str] = {}
-        docs = {name: len(task.eval_docs) for name, task in self.tasks.items()}
+        documents: dict[str, dict[int, list[int]]] = {}
+        docs = {name: len(_freeze_docs(task)) for name, task in self.tasks.items()}
         bounds = self.cfg.get("doc_bounds")
         if bounds and not bounds[0] <= sum(docs.values()) <= bounds[1]:
             from e2lmc.ingestion.validate import doc_count_error
@@ -318,6 +203,7 @@ class Session:
                 task.set_fewshot_seed(seed=seed)
             task.build_all_requests(limit=None, rank=0, world_size=1, cache_requests=False,
                                     rewrite_requests_cache=False)
+            per_doc = documents.setdefault(name, {})
             for inst in task.instances:
                 args = [inst.request_type, list(inst.args)]
                 key = json.dumps(args, sort_keys=True, default=str)
@@ -325,12 +211,14 @@ class Session:
                     keys[key] = len(requests)
                     requests.append(args)
                 inst._e2lmc_idx = keys[key]
+                per_doc.setdefault(int(inst.doc_id), []).append(keys[key])
             task.build_all_requests = _reuse(task)
         items = self._items()
-        return {"info": {"task_types": types, "docs": docs,
-                         "metric_keys": self._metric_keys(requests),
+        return {"info": {"task_types": types, "metric_keys": self._metric_keys(requests),
                          "groups": sorted(self.loaded.get("groups", {}))},
-                "requests": requests, "items": items}
+                "requests": requests, "items": items,
+                "documents": {t: [[d, r] for d, r in per.items()]
+                              for t, per in documents.items()}}
 
     def _metric_keys(self, requests: list[list[Any]]) -> list[str]:
         """The task's results keys, from a dry run on placeholder answers.
@@ -378,6 +266,14 @@ class Session:
         return {"metrics": metrics}
 
 
+def _freeze_docs(task) -> Any:
+    """Process the documents once. lm-eval re-runs `process_docs` whenever it reads them,
+    so each checkpoint (and the items) would otherwise see a fresh run of task code."""
+    docs = task.eval_docs
+    setattr(task, "test_docs" if task.has_test_docs() else "validation_docs", lambda: docs)
+    return docs
+
+
 def _reuse(task):
     """Replace build_all_requests: requests were built once; clear the last answers."""
 
@@ -414,32 +310,64 @@ def _fail(exc: BaseException) -> dict[str, Any]:
             "error": f"{type(exc).__name__}: {str(exc)[:500]}{where}"}
 
 
+def _policy(cfg: dict[str, Any]) -> sandbox.Policy:
+    lim = cfg.get("limits", {})
+    return sandbox.Policy(read=cfg["read"], write=cfg["write"], hide=cfg.get("hide", []),
+                          allow_network=bool(cfg.get("allow_network")),
+                          namespaces=bool(lim.get("namespaces", True)),
+                          switch_user=bool(lim.get("drop_privileges", True)), limits=lim)
+
+
+def _score_fresh(session: Session, answers: list[Any]) -> dict[str, Any]:
+    """One checkpoint's metrics in a fork of the prepared process.
+
+    Every checkpoint starts from the same state, and the fork may write nowhere: task code
+    cannot count its calls (in memory or in a file) to draw a curve of its own.
+    """
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            sandbox.forbid_writes()
+            reply = {"ok": True, **session.score(answers)}
+        except BaseException as exc:  # noqa: BLE001 - report any failure to the runner
+            traceback.print_exc()
+            reply = _fail(exc)
+        try:
+            wire.send(w, reply)
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        return wire.recv(r)
+    except wire.WireError:
+        return {"ok": False, "kind": "crashed", "error": "the metrics process died"}
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+
+
 def main(argv: list[str]) -> int:
     in_fd, out_fd = int(argv[0]), int(argv[1])
-    cfg = wire.recv(in_fd)
+    cfg = wire.recv(in_fd, allow_nonfinite=True)
     try:
-        isolation = confine(cfg)
+        # reported before any task code runs, so task code cannot rewrite the report
+        wire.send(out_fd, {"ok": True, "isolation": sandbox.confine(_policy(cfg))})
         session = Session(cfg)
-        prep = session.prepare()
-        prep["info"]["isolation"] = isolation
-        wire.send(out_fd, {"ok": True, **prep})
+        wire.send(out_fd, {"ok": True, **session.prepare()})
     except BaseException as exc:  # noqa: BLE001 - report any failure to the runner
         traceback.print_exc()
         wire.send(out_fd, _fail(exc))
         return 1
     while True:
         try:
-            msg = wire.recv(in_fd)
+            msg = wire.recv(in_fd, allow_nonfinite=True)
         except wire.WireClosed:
             return 0
         if msg.get("op") != "score":
             return 0
-        try:
-            reply = {"ok": True, "label": msg["label"], **session.score(msg["answers"])}
-        except BaseException as exc:  # noqa: BLE001
-            traceback.print_exc()
-            reply = _fail(exc)
-        wire.send(out_fd, reply)
+        wire.send(out_fd, _score_fresh(session, msg["answers"]))
 
 
 if __name__ == "__main__":

@@ -5,10 +5,12 @@
     for each checkpoint, most useful to the score first:
         engine answers the requests    (trusted; holds the weights)
         task process computes metrics  (lm-eval filters / process_results / aggregation)
-        one row appended to results.jsonl
-    ingestion.json: status ok | partial | failed
+        one signed row kept in memory and appended to results.jsonl (for a crash resume)
+    task process gone: results.jsonl and items.jsonl rewritten from memory, then
+    ingestion.json (status ok | partial | failed) signed over both, last
 
-A re-run with the same submission resumes: rows already finished are kept, not recomputed.
+A re-run with the same submission resumes: rows already finished are kept, not recomputed,
+when their signatures prove that this runner wrote them for this submission.
 """
 
 from __future__ import annotations
@@ -24,16 +26,17 @@ import signal
 import tempfile
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import e2lmc
 from e2lmc import results as R
+from e2lmc import signing
 from e2lmc.errors import UserError
 from e2lmc.ingestion import submission as S
 from e2lmc.ingestion import validate
-from e2lmc.ingestion.taskproc import Limits, TaskProcess, TaskProcessError, redact
+from e2lmc.ingestion.replies import clean_text
+from e2lmc.ingestion.taskproc import Limits, TaskProcess, TaskProcessError
 from e2lmc.engine import shard
 from e2lmc.manifest import Checkpoint, Manifest, load_manifest
 
@@ -165,8 +168,10 @@ def _fmt_s(s: float) -> str:
 
 def _private_paths(manifest: Manifest, output: Path, input_data: Path,
                    data_dir: Path | None) -> list[Path]:
-    """What participant code must not see: outputs, manifest, weights, hub credentials."""
+    """What participant code must not see: outputs, manifest, weights, hub credentials,
+    the signing key."""
     paths = [output, Path(input_data), *([data_dir] if data_dir else [])]
+    paths.append(signing.key_file(input_data).parent)
     if manifest.path is not None:
         paths.append(manifest.path.parent)
     paths += [Path(c.source) for c in manifest.checkpoints if not c.is_hub]
@@ -174,15 +179,6 @@ def _private_paths(manifest: Manifest, output: Path, input_data: Path,
     paths += [Path(hf_home)] if hf_home else []
     paths += [Path.home() / ".cache" / "huggingface", Path.home() / ".huggingface"]
     return paths
-
-
-def _write_items(path: Path, items: list[R.Item]) -> None:
-    """All at once, atomically: items do not depend on checkpoints."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for item in items:
-            fh.write(json.dumps(asdict(item), ensure_ascii=False) + "\n")
-    tmp.replace(path)
 
 
 # --------------------------------------------------------------------------- resume
@@ -197,40 +193,30 @@ def grid_identity(manifest: Manifest) -> dict[str, str]:
             for c in manifest.checkpoints}
 
 
-def _resume_rows(output: Path, fp: str, task: str, metric: str, engine: str,
-                 grid: dict[str, str]) -> dict[str, dict]:
-    """Finished rows of an earlier run of the same submission on the same checkpoints;
-    otherwise start clean."""
-    path = output / R.INGESTION_JSON
-    prior = None
-    if path.is_file():
-        try:
-            prior = json.loads(path.read_text())
-        except ValueError:
-            prior = None
-    same = (isinstance(prior, dict) and isinstance(prior.get("submission"), dict)
-            and prior["submission"].get("fingerprint") == fp
-            and prior.get("task") == task and prior.get("metric") == metric
+def _resume_rows(output: Path, key: bytes, context: dict[str, Any], engine: str,
+                 grid: dict[str, str]) -> dict[str, R.ResultRow]:
+    """Finished rows of an earlier run of the same submission on the same checkpoints,
+    kept only where the signing key proves that this runner wrote them (the earlier
+    ingestion.json and each row); otherwise start clean. A planted or edited file is
+    therefore scored again, never resumed."""
+    prior = R.read_signed_json(output / R.INGESTION_JSON, key)
+    same = (prior is not None and isinstance(prior.get("submission"), dict)
+            and R.signing_context(prior["submission"]) == context
             and (prior.get("engine") or {}).get("name") == engine)
-    rows: dict[str, dict] = {}
+    rows: dict[str, R.ResultRow] = {}
     if same:
         before = prior.get("grid") or {}
         try:
             for d in R.iter_jsonl(output / R.RESULTS_JSONL):
-                key = f"{d.get('model')}/{d.get('checkpoint')}"
-                if d.get("status") == "ok" and key in grid and before.get(key) == grid[key]:
-                    rows[key] = d
+                if not R.row_verifies(d, key, context):
+                    continue
+                row = R.result_row(d)
+                if row.status == "ok" and row.key in grid and before.get(row.key) == grid[row.key]:
+                    rows[row.key] = row
         except UserError:
             rows = {}
-    # rewrite: drops a torn last line and error rows (retried), keeps finished rows
-    tmp = output / (R.RESULTS_JSONL + ".tmp")
-    tmp.unlink(missing_ok=True)
-    for d in rows.values():
-        R.append_jsonl(tmp, d)
-    if rows:
-        tmp.replace(output / R.RESULTS_JSONL)
-    else:
-        (output / R.RESULTS_JSONL).unlink(missing_ok=True)
+    # rewrite: drops a torn last line, error rows (retried) and rows that do not verify
+    R.write_jsonl(output / R.RESULTS_JSONL, rows.values())
     return rows
 
 
@@ -262,8 +248,12 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
     t0 = time.monotonic()
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
+    key = signing.load_key(input_data)
     doc: dict[str, Any] = {"status": "failed", "error": None, "versions": versions(),
                            "timings": {}, "engine": {}, "models": {}}
+    # the runner's own copy of the outputs; None until it owns them (then written at the end)
+    rows: dict[str, R.ResultRow] | None = None
+    items: list[R.Item] | None = None
     workdir = Path(tempfile.mkdtemp(prefix="e2lmc-ingest-"))
     tp: TaskProcess | None = None
     _not_dumpable()
@@ -284,6 +274,7 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
         sub = S.load_submission(submission, workdir)
         secrets.append(sub.hf_token or "")
         doc["submission"] = sub.summary()
+        context = R.signing_context(doc["submission"])
         doc.update(task=sub.task_name, metric=sub.metric, format=sub.format)
         log(f"ingest: {sub.format} submission, task {sub.task_name}, metric {sub.metric}")
 
@@ -291,28 +282,26 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
         tp = TaskProcess(sub.tasks_dir, sub.task_name, workdir,
                          allow_network=d.allow_network, hf_token=sub.hf_token, limits=limits,
                          hide=_private_paths(manifest, output, input_data, data_dir),
-                         output=output)
+                         output=output, max_gen_toks=d.max_gen_toks)
         try:
             prepared = tp.start()
         except TaskProcessError:
             # no checkpoint was involved yet: the task's own output helps the participant
             log("ingest: last output of the task process:\n" + tp.log_tail())
             raise
-        checked = validate.check_task(prepared.info, sub.task_name, sub.metric)
+        checked = validate.check_task(prepared, sub.task_name, sub.metric)
         doc["submission"].update(checked)
         doc.update(output_type=checked["output_type"], n_docs=checked["n_docs"],
-                   n_requests=len(prepared.requests), isolation=prepared.info.get("isolation"))
+                   n_requests=len(prepared.requests), isolation=prepared.isolation)
         doc["timings"]["prepare_s"] = round(time.monotonic() - t_prep, 3)
         log(f"ingest: {checked['n_docs']} documents, {len(prepared.requests)} requests "
             f"({checked['output_type']}), prepared in {doc['timings']['prepare_s']:.1f} s")
 
         doc["grid"] = grid_identity(manifest)
-        done = _resume_rows(output, sub.fingerprint, sub.task_name, sub.metric, engine,
-                            doc["grid"])
-        if not done or not (output / R.ITEMS_JSONL).is_file():
-            _write_items(output / R.ITEMS_JSONL, prepared.items)
+        done = _resume_rows(output, key, context, engine, doc["grid"])
+        rows, items = dict(done), prepared.items
         doc["status"], doc["error"] = "partial", "ingestion in progress (or interrupted)"
-        R.write_json(output / R.INGESTION_JSON, doc)
+        R.write_ingestion(output, doc, key)  # a killed run resumes from this and the rows
 
         order = evaluation_order(manifest)
         todo = [c for c in order if c.key not in done]
@@ -333,10 +322,10 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
                 stopped = (f"time budget of {budget:.0f} s reached after "
                            f"{len(order) - len(todo) + n - 1} of {len(order)} checkpoints")
                 break
-            label = f"ckpt-{order.index(ck):03d}"
             _index, outcome, crash = next(outcomes)
-            row = _score_row(ck, label, outcome or {"error": f"engine worker: {crash}"}, tp,
+            row = _score_row(ck, outcome or {"error": f"engine worker: {crash}"}, tp,
                              sub.metric, counters, secrets)
+            rows[row.key] = R.sign_row(row, key, context)
             R.append_jsonl(output / R.RESULTS_JSONL, row)
             spent.append(row.seconds or 0.0)
             eta = (len(todo) - n) * (sum(spent) / len(spent))
@@ -351,7 +340,6 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
         outcomes.close()  # stops GPU workers still busy when the budget ran out
         doc["timings"]["grid_s"] = round(time.monotonic() - t_grid, 3)
         doc["engine"]["counters"] = counters
-        rows = {r.key: r for r in R.read_results(output)}
         ok = [r for r in rows.values() if r.status == "ok"]
         doc["checkpoints"] = {"total": len(order), "rows": len(rows), "ok": len(ok),
                               "errors": len(rows) - len(ok), "resumed": len(done),
@@ -366,11 +354,11 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
         else:
             doc["status"], doc["error"] = "ok", None
     except UserError as exc:
-        doc["status"], doc["error"] = "failed", redact(str(exc), secrets)
+        doc["status"], doc["error"] = "failed", clean_text(str(exc), secrets, 2000)
         if isinstance(exc, TaskProcessError):
             doc["error_kind"] = exc.kind
     except Stopped:
-        doc["status"] = "partial" if (output / R.RESULTS_JSONL).is_file() else "failed"
+        doc["status"] = "partial" if rows else "failed"
         doc["error"] = "stopped by SIGTERM (platform time limit?); re-run to resume"
     finally:
         if main_thread:
@@ -379,7 +367,13 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
             tp.cleanup()
         shutil.rmtree(workdir, ignore_errors=True)
         doc["timings"]["total_s"] = round(time.monotonic() - t0, 3)
-        R.write_json(output / R.INGESTION_JSON, doc)
+        # the task process is gone: whatever it (or anyone) wrote to the output is replaced
+        # by the runner's copy, and ingestion.json, signed over the final files, comes last
+        if rows is not None:
+            R.write_jsonl(output / R.RESULTS_JSONL, rows.values())
+        if items is not None:
+            R.write_jsonl(output / R.ITEMS_JSONL, items)
+        R.write_ingestion(output, doc, key)
     if doc["status"] != "ok":
         log(f"ingest: {doc['status']}: {doc['error']}")
     return doc
@@ -422,7 +416,7 @@ def engine_answers(ck: Checkpoint, device: str, shared: dict, *, requests, engin
         _release(lm)
 
 
-def _score_row(ck: Checkpoint, label: str, outcome: dict[str, Any], tp: TaskProcess,
+def _score_row(ck: Checkpoint, outcome: dict[str, Any], tp: TaskProcess,
                metric: str, counters: dict, secrets: list[str]) -> R.ResultRow:
     """Untrusted side of one checkpoint: the task process turns answers into metrics."""
     t = time.monotonic()
@@ -430,12 +424,12 @@ def _score_row(ck: Checkpoint, label: str, outcome: dict[str, Any], tp: TaskProc
                       metric=metric, value=None, iteration=ck.iteration)
     if outcome.get("error"):
         row.status = "error"
-        row.error = redact(outcome["error"], secrets)[:500]
+        row.error = clean_text(outcome["error"], secrets, 500)
     else:
         for k, v in outcome["counters"].items():
             counters[k] = counters.get(k, 0) + v
         try:
-            metrics = tp.score(label, outcome["answers"])
+            metrics = tp.score(outcome["answers"])
             row.metrics = metrics
             row.value = metrics.get(metric)
             row.stderr = metrics.get(stderr_key(metric))

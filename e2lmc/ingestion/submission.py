@@ -3,14 +3,18 @@
 Official: `evaluation.patch` (git diff against lm-eval adding a task under
 `lm_eval/tasks/`) + `metadata.yaml` (`task_name`, `task_metric`, `hf_token`).
 Task folder: lm-eval YAML(s), Python helpers, local data files + `metadata.yaml`.
-Either may come zipped, optionally under one top folder; a Codabench `metadata` file
-(without `command`) is expected and ignored. No participant code runs here.
+Either may come zipped, optionally under one top folder; a Codabench `metadata` file is
+ignored. A `command` in the submission's metadata is refused: Codabench would run it as a
+program of its own, beside the ingestion and with write access to its output. No
+participant code runs here.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
+import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -21,10 +25,13 @@ import yaml
 
 from e2lmc.errors import UserError
 from e2lmc.ingestion import patch, unpack
+from e2lmc.ingestion.replies import METRIC_KEY
+from e2lmc.ingestion.taskyaml import check_task_paths, check_yaml
 
 METADATA_YAML = "metadata.yaml"
 PATCH_FILE = "evaluation.patch"
 CODABENCH_METADATA = "metadata"
+TASK_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
 NOT_TASK_FILES = {METADATA_YAML, "metadata.yml", PATCH_FILE, CODABENCH_METADATA}
 
 
@@ -52,16 +59,23 @@ class _AnyTagLoader(yaml.SafeLoader):
 _AnyTagLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
 
 
-def check_yaml(path: Path, shown: str) -> Any:
-    try:
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=_AnyTagLoader)  # noqa: S506
-    except UnicodeDecodeError:
-        raise UserError(f"{shown}: not UTF-8 text; save it as UTF-8") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"{shown}: not valid YAML{at} ({problem}); fix the syntax") from None
+def refuse_command(folder: Path) -> None:
+    """Refuse a `command` in `folder`'s metadata files (Codabench takes it from
+    metadata.yaml, else from `metadata`; metadata.yml is ours)."""
+    for name in (METADATA_YAML, "metadata.yml", CODABENCH_METADATA):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            doc = yaml.load(path.read_text(encoding="utf-8", errors="replace"),
+                            Loader=_AnyTagLoader)  # noqa: S506
+        except yaml.YAMLError:
+            continue  # unparsable: the platform finds no command in it either
+        if isinstance(doc, dict) and "command" in doc:
+            raise UserError(f"submission {name}: has a `command`, which Codabench would run "
+                            "as a program of its own, beside the ingestion and with write "
+                            "access to its output; remove the `command` line (the "
+                            "organizers' ingestion program runs your task)")
 
 
 def read_metadata(root: Path) -> dict[str, Any]:
@@ -76,10 +90,17 @@ def read_metadata(root: Path) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise UserError(f"submission {path.name}: expected a mapping with task_name and "
                         "task_metric")
+    refuse_command(root)
     for key in ("task_name", "task_metric"):
         if not isinstance(doc.get(key), str) or not doc[key].strip():
             raise UserError(f"submission {path.name}: `{key}` is missing or not a string; "
                             "e.g. task_name: my_task, task_metric: acc,none")
+    if not TASK_NAME.fullmatch(doc["task_name"].strip()):
+        raise UserError(f"submission {path.name}: `task_name` must be a task or group name "
+                        "(letters, digits, _ . -; at most 128 characters)")
+    if not METRIC_KEY.fullmatch(doc["task_metric"].strip()):
+        raise UserError(f"submission {path.name}: `task_metric` must be a results key such "
+                        "as acc,none (letters, digits, _ . - and one ,filter)")
     token = doc.get("hf_token")
     if token is not None and not isinstance(token, str):
         raise UserError(f"submission {path.name}: `hf_token` must be a string")
@@ -104,6 +125,8 @@ def load_submission(src: str | Path, workdir: Path,
     staged = workdir / "staged"
     root = unpack.stage(src, staged, limits)
     meta = read_metadata(root)
+    if root != staged:  # Codabench reads the metadata at the top of the unzipped submission
+        refuse_command(staged)
     tasks_dir = workdir / "tasks"
     tasks_dir.mkdir(parents=True, exist_ok=True)
     if (root / PATCH_FILE).is_file():
@@ -132,9 +155,9 @@ def load_submission(src: str | Path, workdir: Path,
     if not yamls:
         raise UserError("submission: no task YAML found; add the lm-eval task YAML "
                         f"({'in the patch under lm_eval/tasks/' if fmt == 'official' else 'next to metadata.yaml'})")
-    for y in yamls:
-        check_yaml(y, f"submission {y.relative_to(tasks_dir).as_posix()}")
+    check_task_paths(tasks_dir)  # parses every YAML; nothing may point outside the task
     files, digest = fingerprint(tasks_dir)
+    shutil.rmtree(staged)  # metadata.yaml holds the token: the task process must not find it
     return Submission(format=fmt, tasks_dir=tasks_dir, task_name=meta["task_name"].strip(),
                       metric=meta["task_metric"].strip(), files=files, fingerprint=digest,
                       hf_token=meta.get("hf_token") or None)

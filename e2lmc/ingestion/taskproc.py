@@ -1,33 +1,45 @@
 """The runner's handle on the task process (see `e2lmc.ingestion.child`).
 
 The runner never imports participant code: it starts the child with a whitelisted
-environment (no tokens, keys, manifest or checkpoint paths), talks to it in framed JSON,
-and checks every reply's shape and size before using it. The child's stdout/stderr go to a
-log file in the work dir that is never echoed (a task could print hidden-checkpoint
-metrics); only the runner's own one-line messages reach the logs.
+environment (no tokens, keys, manifest or checkpoint paths) and the sandbox policy (what it
+may read and write), talks to it in framed JSON, and checks every reply against the schema
+in `e2lmc.ingestion.replies` before using it. The child's stdout/stderr go to a log file in
+the work dir that is never echoed while checkpoints are evaluated (a task could print
+hidden-checkpoint metrics); only the runner's own one-line messages reach the logs.
+
+The runner is the subreaper of the task's process tree: a task that daemonises
+(`setsid`, double fork) is re-parented to the runner and killed with the rest, so nothing
+of it outlives the task process and the runner writes the outputs alone.
 """
 
 from __future__ import annotations
 
-import math
+import ctypes
+import multiprocessing
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import e2lmc
 from e2lmc.errors import UserError
-from e2lmc.ingestion import validate, wire
-from e2lmc.results import Item
+from e2lmc.ingestion import replies, sandbox, validate, wire
+from e2lmc.ingestion.replies import Prepared
 
-REQUEST_TYPES = ("loglikelihood", "loglikelihood_rolling", "generate_until")
-NOBODY = 65534
 GIB = 1 << 30
 CAP_CHOWN, CAP_SETGID, CAP_SETUID = 0, 6, 7
+PR_SET_CHILD_SUBREAPER = 36
+# What the interpreter needs besides its own prefix: shared libraries, locale and time
+# zone data, the loader cache; and /proc, /sys, /dev for the runtime (other processes'
+# /proc entries stay closed: Landlock refuses ptrace-style access outside the sandbox).
+SYSTEM_READ = ("/usr", "/lib", "/lib64", "/lib32", "/etc/ld.so.cache", "/etc/localtime",
+               "/etc/passwd", "/etc/group", "/etc/nsswitch.conf", "/etc/ssl", "/proc", "/sys",
+               "/dev/null", "/dev/urandom", "/dev/random", "/dev/zero")
 
 
 @dataclass
@@ -45,6 +57,7 @@ class Limits:
     max_requests: int = 2_000_000
     drop_privileges: bool = True
     namespaces: bool = True  # network/mount/PID namespaces where the platform allows them
+    require_file_barrier: bool = True  # refuse to run task code that could read the key
 
 
 class TaskProcessError(UserError):
@@ -53,13 +66,6 @@ class TaskProcessError(UserError):
     def __init__(self, kind: str, message: str):
         super().__init__(message)
         self.kind = kind
-
-
-@dataclass
-class Prepared:
-    info: dict[str, Any]
-    requests: list[tuple[str, tuple]]
-    items: list[Item]
 
 
 def _has_capabilities(*bits: int) -> bool:
@@ -85,11 +91,38 @@ def _world_readable(path: Path) -> bool:
         return False
 
 
-def redact(text: str, secrets: list[str]) -> str:
-    for s in secrets:
-        if s and len(s) >= 4:
-            text = text.replace(s, "***")
-    return text
+def _children(pid: int) -> set[int]:
+    out: set[int] = set()
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as fh:
+                out.update(int(c) for c in fh.read().split())
+    except OSError:
+        pass
+    return out
+
+
+def kill_orphans(keep: set[int]) -> int:
+    """Kill and reap every child of this process not in `keep`: what a task left behind,
+    re-parented here because the runner is the subreaper. Returns how many."""
+    killed = 0
+    for _ in range(50):
+        stray = _children(os.getpid()) - keep
+        if not stray:
+            break
+        for pid in stray:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
+        for pid in stray:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        time.sleep(0.01)
+    return killed
 
 
 class TaskProcess:
@@ -98,7 +131,8 @@ class TaskProcess:
     def __init__(self, tasks_dir: Path, task_name: str, workdir: Path, *,
                  allow_network: bool = False, hf_token: str | None = None,
                  limits: Limits | None = None, fewshot_seed: int = 1234,
-                 hide: list[Path] | None = None, output: Path | None = None):
+                 hide: list[Path] | None = None, output: Path | None = None,
+                 max_gen_toks: int = 256):
         self.tasks_dir = Path(tasks_dir)
         self.task_name = task_name
         self.workdir = Path(workdir)
@@ -111,6 +145,10 @@ class TaskProcess:
         self._secrets = [hf_token] if hf_token else []
         self.hide = hide or []
         self.output = output
+        self.max_gen_toks = max_gen_toks
+        self.metric_keys: list[str] = []
+        self.isolation: dict[str, str] = {}
+        self._keep: set[int] = set()
 
     # ------------------------------------------------------------------ lifecycle
     def _env(self, home: Path) -> dict[str, str]:
@@ -146,6 +184,17 @@ class TaskProcess:
                   Path(e2lmc.__file__).parent]
         return all(_world_readable(p) for p in needed)
 
+    def _readable(self) -> list[str]:
+        """What the task process may read: the interpreter, its libraries, the task."""
+        import lm_eval
+
+        paths = {sys.prefix, sys.base_prefix, os.path.realpath(sys.prefix),
+                 os.path.realpath(sys.base_prefix), str(Path(sys.executable).resolve().parent),
+                 str(Path(lm_eval.__file__).resolve().parent.parent),
+                 str(Path(e2lmc.__file__).resolve().parent), str(self.tasks_dir.resolve()),
+                 *SYSTEM_READ}
+        return sorted(paths)
+
     def _hideable(self, home: Path) -> list[str]:
         """Paths to mask in the child (outputs, manifest, weights, hub credentials).
 
@@ -180,11 +229,13 @@ class TaskProcess:
                 if parent == self.workdir.parent:
                     break
                 parent.chmod(0o755)
-            os.chown(home, NOBODY, NOBODY)
+            os.chown(home, sandbox.NOBODY, sandbox.NOBODY)
             if self.output is not None and self.output.stat().st_uid == os.geteuid():
                 # a world-writable output folder (some workers make it so) would let the
                 # unprivileged task process plant files next to the results
                 self.output.chmod(self.output.stat().st_mode & 0o755)
+        ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        self._keep = _children(os.getpid()) | {p.pid for p in multiprocessing.active_children()}
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         self._out, self._in = to_child_w, from_child_r
@@ -201,11 +252,22 @@ class TaskProcess:
         cfg = {"op": "prepare", "tasks_dir": str(self.tasks_dir.resolve()),
                "task_name": self.task_name, "allow_network": self.allow_network,
                "home": str(home), "fewshot_seed": self.fewshot_seed,
-               "hide": self._hideable(home),
+               "hide": self._hideable(home), "read": self._readable(),
+               "write": [str(home.resolve()), "/dev/null"],
                "doc_bounds": [validate.MIN_DOCS, validate.MAX_DOCS],
                "limits": {**asdict(self.limits), "drop_privileges": drop}}
         wire.send(self._out, cfg)
-        reply = self._recv(self.limits.prepare_timeout, "loading the task")
+        first = self._recv(self.limits.prepare_timeout, "confining the task process")
+        isolation = first.get("isolation")
+        self.isolation = {replies.clean_text(str(k), [], 40): replies.clean_text(str(v), [], 300)
+                          for k, v in (isolation.items() if isinstance(isolation, dict) else [])}
+        if self.limits.require_file_barrier and not sandbox.file_barrier(self.isolation):
+            self._kill()
+            raise UserError("this worker offers no file-system barrier for participant code "
+                            "(no mount namespace, no Landlock): it could read the signing key "
+                            "and forge results. Run the worker on a kernel with Landlock "
+                            "(Linux 5.13+) or give the ingestion container CAP_SYS_ADMIN")
+        reply = self._recv(self.limits.prepare_timeout, "loading the task", show=True)
         return self._check_prepared(reply)
 
     def close(self) -> None:
@@ -238,6 +300,7 @@ class TaskProcess:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
+        kill_orphans(self._keep)  # what left the process group (setsid daemons)
 
     @property
     def alive(self) -> bool:
@@ -250,7 +313,9 @@ class TaskProcess:
         self.close()
 
     # ------------------------------------------------------------------ messages
-    def _recv(self, timeout: float, doing: str) -> dict[str, Any]:
+    def _recv(self, timeout: float, doing: str, show: bool = False) -> dict[str, Any]:
+        """The next reply. A failure keeps the task's own message only when `show` (no
+        checkpoint has been evaluated yet); otherwise the runner's words for its kind."""
         try:
             reply = wire.recv(self._in, timeout=timeout,
                               max_bytes=self.limits.max_message_bytes)
@@ -273,86 +338,74 @@ class TaskProcess:
             self._kill()
             raise TaskProcessError("too_large", f"the task produced too much data while "
                                    f"{doing} ({exc}); reduce prompt sizes") from None
-        except (ValueError, UnicodeDecodeError):
+        except wire.WireMalformed:
             self._kill()
             raise TaskProcessError("protocol", f"the task process sent malformed data while "
-                                   f"{doing}; task code must not write to inherited file "
-                                   "descriptors") from None
+                                   f"{doing} (not JSON, non-finite numbers such as a NaN "
+                                   "generation setting, or task code writing to inherited "
+                                   "file descriptors)") from None
         if not isinstance(reply, dict):
+            self._kill()
             raise TaskProcessError("protocol", f"malformed reply while {doing}")
         if not reply.get("ok"):
-            kind = str(reply.get("kind", "exception"))
-            msg = redact(str(reply.get("error", "unknown error"))[:2000], self._secrets)
-            raise TaskProcessError(kind, msg)
+            kind = replies.error_kind(reply)
+            message = replies.ERROR_KINDS[kind]
+            if show:
+                message = replies.clean_text(str(reply.get("error", message)), self._secrets,
+                                             2000)
+            raise TaskProcessError(kind, message)
         return reply
 
     def _check_prepared(self, reply: dict[str, Any]) -> Prepared:
-        raw = reply.get("requests")
-        info = reply.get("info")
-        if not isinstance(raw, list) or not isinstance(info, dict):
-            raise TaskProcessError("protocol", "malformed task description from the task "
-                                   "process")
-        if len(raw) > self.limits.max_requests:
-            raise TaskProcessError("too_large", f"the task makes {len(raw)} requests (limit "
-                                   f"{self.limits.max_requests}); use fewer documents or "
-                                   "choices")
-        requests = [self._check_request(i, r) for i, r in enumerate(raw)]
-        items = []
-        for d in reply.get("items") or []:
-            if not isinstance(d, dict):
-                raise TaskProcessError("protocol", "malformed item from the task process")
-            choices = d.get("choices")
-            items.append(Item(
-                task=str(d.get("task", "")), doc_id=int(d.get("doc_id", 0)),
-                prompt=redact(str(d.get("prompt", "")), self._secrets),
-                gold=redact(str(d.get("gold", "")), self._secrets),
-                choices=[redact(str(c), self._secrets) for c in choices]
-                if isinstance(choices, list) else None,
-                gold_index=d["gold_index"] if isinstance(d.get("gold_index"), int) else None,
-            ))
-        return Prepared(info=info, requests=requests, items=items)
+        """The task's preparation, every field checked; the runner counts the documents."""
+        try:
+            raw = reply.get("requests")
+            info = reply.get("info")
+            if not isinstance(raw, list) or not isinstance(info, dict):
+                raise replies.ProtocolError("malformed task description from the task "
+                                            "process")
+            if len(raw) > self.limits.max_requests:
+                raise UserError(f"the task makes {len(raw)} requests (limit "
+                                f"{self.limits.max_requests}); use fewer documents or "
+                                "choices")
+            requests = [replies.request(i, r, self.limits.max_prompt_chars, self.max_gen_toks)
+                        for i, r in enumerate(raw)]
+            docs = replies.documents(reply.get("documents"), len(requests))
+            types = info.get("task_types")
+            if not (isinstance(types, dict) and set(types) == set(docs)
+                    and all(t in replies.SUPPORTED_OUTPUT_TYPES for t in types.values())):
+                raise replies.ProtocolError("malformed task types from the task process")
+            self.metric_keys = replies.metric_keys(info.get("metric_keys"))
+            items = replies.items(reply.get("items"), reply["documents"],
+                                  self.limits.max_prompt_chars, self._secrets)
+        except TaskProcessError:
+            raise
+        except UserError as exc:
+            self._kill()
+            raise TaskProcessError(getattr(exc, "kind", "invalid_request"), str(exc)) from None
+        return Prepared(task_types=dict(types), docs=docs, metric_keys=self.metric_keys,
+                        requests=requests, items=items, isolation=self.isolation)
 
-    def _check_request(self, i: int, r: Any) -> tuple[str, tuple]:
-        bad = TaskProcessError("protocol", f"request {i} from the task process is malformed")
-        if not (isinstance(r, list) and len(r) == 2 and r[0] in REQUEST_TYPES
-                and isinstance(r[1], list)):
-            raise bad
-        rtype, args = r
-        cap = self.limits.max_prompt_chars
-        if rtype == "loglikelihood":
-            ok = len(args) == 2 and all(isinstance(a, str) for a in args)
-        elif rtype == "loglikelihood_rolling":
-            ok = len(args) == 1 and isinstance(args[0], str)
-        else:
-            ok = len(args) == 2 and isinstance(args[0], str) and isinstance(args[1], dict)
-        if not ok:
-            raise bad
-        size = sum(len(a) for a in args if isinstance(a, str))
-        if size > cap:
-            raise TaskProcessError("huge_prompt", f"request {i} is {size} characters long "
-                                   f"(limit {cap}); prompts plus answers must fit in the "
-                                   "models' 2048-token window")
-        return rtype, tuple(args)
+    def score(self, answers: list[Any]) -> dict[str, float | None]:
+        """Metrics for one checkpoint's answers (the child applies lm-eval's pipeline).
 
-    def score(self, label: str, answers: list[Any]) -> dict[str, float | None]:
-        """Metrics for one checkpoint's answers (the child applies lm-eval's pipeline)."""
-        wire.send(self._out, {"op": "score", "label": label, "answers": answers})
+        The child is not told which checkpoint the answers come from."""
+        wire.send(self._out, {"op": "score", "answers": answers})
         reply = self._recv(self.limits.score_timeout, "computing the metrics")
-        metrics = reply.get("metrics")
-        if not isinstance(metrics, dict):
-            raise TaskProcessError("protocol", "malformed metrics from the task process")
-        out: dict[str, float | None] = {}
-        for k, v in list(metrics.items())[:200]:
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                out[str(k)[:200]] = float(v)
-            else:
-                out[str(k)[:200]] = None
-        return out
+        try:
+            return replies.metrics(reply.get("metrics"), self.metric_keys)
+        except replies.ProtocolError as exc:
+            raise TaskProcessError("protocol", str(exc)) from None
 
     def log_tail(self, n: int = 2000) -> str:
-        if not self.log_path.is_file():
+        """The end of the task's output, read from the end (the log may be huge), cleaned."""
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(max(0, fh.seek(0, os.SEEK_END) - n))
+                text = fh.read(n).decode("utf-8", errors="replace")
+        except OSError:
             return ""
-        return redact(self.log_path.read_text(errors="replace")[-n:], self._secrets)
+        return replies.shown_text(text, self._secrets, n)
 
     def cleanup(self) -> None:
         self.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import stat
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -21,6 +22,8 @@ ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".gz", ".bz2", ".xz", ".7z", ".rar",
 ARCHIVE_MAGIC = (b"PK\x03\x04", b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"7z\xbc\xaf",
                  b"Rar!", b"\x28\xb5\x2f\xfd")
 IGNORED_TOP = {"__MACOSX", ".DS_Store"}
+MAX_NAME_BYTES = 255  # one file or folder name: the limit of common file systems
+MAX_PATH_BYTES = 1024  # a whole relative path, leaving room for the work dir under PATH_MAX
 
 
 @dataclass(frozen=True)
@@ -31,11 +34,13 @@ class UnpackLimits:
     max_ratio: float = 200.0  # uncompressed / compressed, for entries above 1 MiB
 
 
-def _refuse(src: Path, name: str, why: str, fix: str) -> UserError:
-    return UserError(f"{src}: entry {name!r} {why}; {fix}")
+def _refuse(src: str | Path, name: str, why: str, fix: str) -> UserError:
+    shown = name if len(name) <= 120 else f"{name[:80]}...{name[-30:]}"
+    return UserError(f"{src}: entry {shown!r} {why}; {fix}")
 
 
-def _check_name(src: Path, name: str) -> PurePosixPath:
+def check_name(src: str | Path, name: str) -> PurePosixPath:
+    """The entry's normalised relative path; refused if it could not be written safely."""
     if "\x00" in name or any(ord(c) < 32 for c in name):
         raise _refuse(src, name, "has control characters in its name", "rename it")
     norm = name.replace("\\", "/")
@@ -45,7 +50,23 @@ def _check_name(src: Path, name: str) -> PurePosixPath:
     if ".." in parts:
         raise _refuse(src, name, "climbs out of the archive ('..')",
                       "zip the files from inside the submission folder")
+    if any(len(p.encode("utf-8")) > MAX_NAME_BYTES for p in parts):
+        raise _refuse(src, name, f"has a file or folder name longer than {MAX_NAME_BYTES} "
+                      "bytes", "shorten it")
+    if len(norm.encode("utf-8")) > MAX_PATH_BYTES:
+        raise _refuse(src, name, f"has a path longer than {MAX_PATH_BYTES} bytes",
+                      "use fewer or shorter folder names")
     return PurePosixPath(*[p for p in parts if p not in ("", ".")])
+
+
+def check_conflicts(src: str | Path, files: Iterable[PurePosixPath]) -> None:
+    """Refuse a path that is both a file and a folder (`a` and `a/b.yaml`), in any order."""
+    files = set(files)
+    for rel in sorted(files):
+        clash = next((p for p in rel.parents if p in files), None)
+        if clash is not None:
+            raise _refuse(src, str(clash), f"is both a file and a folder (holding {str(rel)!r})",
+                          "rename the file or the folder")
 
 
 def _check_archive_name(src: Path, name: str) -> None:
@@ -110,7 +131,7 @@ def extract_zip(src: Path, dest: Path, limits: UnpackLimits = UnpackLimits()) ->
             if not info.flag_bits & 0x800 and any(ord(c) > 127 for c in name):
                 raise _refuse(src, name, "has a name that is not UTF-8-flagged",
                               "rename it with ASCII or UTF-8 names")
-            rel = _check_name(src, name)
+            rel = check_name(src, name)
             mode = info.external_attr >> 16
             if stat.S_ISLNK(mode):
                 raise _refuse(src, name, "is a symbolic link", "store the file itself")
@@ -133,6 +154,7 @@ def extract_zip(src: Path, dest: Path, limits: UnpackLimits = UnpackLimits()) ->
                               "submit ordinary data files")
             declared += info.file_size
             plan.append((info, rel))
+        check_conflicts(src, seen)
         if declared > limits.max_total_bytes:
             raise UserError(f"{src}: the submission is larger than "
                             f"{limits.max_total_bytes // MIB} MiB once uncompressed; shrink "

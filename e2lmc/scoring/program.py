@@ -1,9 +1,11 @@
 """The scoring step: ingestion output + scoring.yaml -> scores.json, details, HTML report.
 
-Reads the ingestion contract (e2lmc.results), refuses a failed or partial ingestion, and
-writes three files atomically: `scores.json` (flat, finite, keys = leaderboard columns),
-`scores_details.json` (every component, per model) and `detailed_results.html`. Neither
-participant-visible file holds a metric value of a hidden checkpoint.
+Reads the ingestion contract (e2lmc.results), refuses a failed or partial ingestion and
+any output it cannot verify with the signing key (e2lmc.signing: `signing.key` in the
+reference data, else the local user's key), and writes three files atomically:
+`scores.json` (flat, finite, keys = leaderboard columns), `scores_details.json` (every
+component, per model) and `detailed_results.html`. Neither participant-visible file
+holds a metric value of a hidden checkpoint.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from e2lmc import signing
 from e2lmc.errors import IngestionFailed
-from e2lmc.results import Item, read_ingestion, read_items, read_results, write_json
+from e2lmc.results import Item, read_verified, write_json
 from e2lmc.scoring.checks_html import diagnostics_section, gate_examples_section
 from e2lmc.scoring.combine import GateResult, apply_gates, weighted_score
 from e2lmc.scoring.config import ScoringConfig, load_config
@@ -90,14 +93,12 @@ def score(res: str | Path, ref: str | Path, output: str | Path) -> dict[str, flo
     """Score one ingestion output; returns the scores.json dict."""
     res, ref, output = Path(res), Path(ref), Path(output)
     cfg = load_config(ref)
-    ingestion = read_ingestion(res)
-    rows = read_results(res)
+    ingestion, rows, items = read_verified(res, signing.load_key(ref))
     ok_rows = [r for r in rows if r.status == "ok" and r.value is not None]
     if not ok_rows:
         raise IngestionFailed(f"{res}/results.jsonl: no checkpoint was evaluated successfully; "
                               "see the errors in the ingestion output")
     curves = curves_from_results(rows, ingestion.get("models", {}))
-    items = read_items(res)
     sub = ingestion.get("submission", {})
     gates = _gates(cfg, items, str(sub.get("fingerprint") or ""), ref, output)
     scores, details = compute_scores(curves, cfg, gates, int(sub.get("n_docs") or 0))
