@@ -249,7 +249,7 @@ def test_links_out_of_the_task_folder_are_refused(tmp_path, outside):
     assert not (outside / "MARKER").exists()
 
 
-@pytest.mark.parametrize("where", ["mini_mc.yaml", "metadata.yaml"])
+@pytest.mark.parametrize("where", ["mini_mc.yaml", "metadata.yaml", "metadata"])
 def test_deeply_nested_yaml(tmp_path, where):
     folder = build.task_folder(tmp_path / "sub")
     (folder / where).write_text("a: " + "[" * 100_000)

@@ -1,15 +1,19 @@
 """The task process: the only place where participant code runs.
 
 Started by `e2lmc.ingestion.taskproc.TaskProcess` as `python -m e2lmc.ingestion.child
-IN_FD OUT_FD` with a scrubbed environment. It first confines itself (network namespace,
-unprivileged user, resource limits), then loads the submission's tasks with lm-eval, builds
-the requests once, and answers the runner's messages:
+IN_FD OUT_FD` with a whitelisted environment. It first confines itself with every layer
+the platform allows (`e2lmc.ingestion.sandbox`) and reports what they achieved, before any
+task code runs; then it loads the submission's tasks with lm-eval, processes the documents
+and builds the requests once, and answers the runner's messages:
 
-    runner -> {"op": "prepare", ...config}      child -> {"ok", "info", "requests", "items"}
-    runner -> {"op": "score", "label", "answers"} child -> {"ok", "results"}
-    runner -> {"op": "close"}                   (child exits)
+    runner -> {"op": "prepare", ...config}   child -> {"ok", "isolation"}   (confined)
+                                             child -> {"ok", "info", "requests",
+                                                       "documents", "items"}
+    runner -> {"op": "score", "answers"}     child -> {"ok", "metrics"}  (from a fresh fork)
+    runner -> {"op": "close"}                (child exits)
 
-Every reply is {"ok": false, "kind", "error"} on failure. Checkpoints are opaque labels.
+Every reply is {"ok": false, "kind", "error"} on failure. The child is never told which
+checkpoint it scores: it receives answers only.
 """
 
 from __future__ import annotations

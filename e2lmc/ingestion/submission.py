@@ -52,13 +52,6 @@ class Submission:
                 "has_hf_token": bool(self.hf_token)}
 
 
-class _AnyTagLoader(yaml.SafeLoader):
-    """Parses lm-eval YAML (with `!function` tags) as data, without running anything."""
-
-
-_AnyTagLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
-
-
 def refuse_command(folder: Path) -> None:
     """Refuse a `command` in `folder`'s metadata files (Codabench takes it from
     metadata.yaml, else from `metadata`; metadata.yml is ours)."""
@@ -66,11 +59,7 @@ def refuse_command(folder: Path) -> None:
         path = folder / name
         if not path.is_file():
             continue
-        try:
-            doc = yaml.load(path.read_text(encoding="utf-8", errors="replace"),
-                            Loader=_AnyTagLoader)  # noqa: S506
-        except yaml.YAMLError:
-            continue  # unparsable: the platform finds no command in it either
+        doc = check_yaml(path, f"submission {name}")  # unreadable: refused, to be safe
         if isinstance(doc, dict) and "command" in doc:
             raise UserError(f"submission {name}: has a `command`, which Codabench would run "
                             "as a program of its own, beside the ingestion and with write "
