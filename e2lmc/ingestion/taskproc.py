@@ -300,7 +300,8 @@ class TaskProcess:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
-        kill_orphans(self._keep)  # what left the process group (setsid daemons)
+        # what left the process group (setsid daemons); never the engine's GPU workers
+        kill_orphans(self._keep | {p.pid for p in multiprocessing.active_children()})
 
     @property
     def alive(self) -> bool:
