@@ -18,6 +18,13 @@ PUBLIC_CURVES = SHARED_DATA / "e2lm_public_curves.json"
 
 
 def pytest_configure(config):
+    # A base temp of this session's own: every pytest session resets the shared
+    # /tmp/pytest-of-<user> to 0700, which would cut the `user` profile off its inputs
+    # whenever two sessions run at once.
+    if config.option.basetemp is None:
+        import tempfile
+
+        config.option.basetemp = tempfile.mkdtemp(prefix="e2lmc-pytest-")
     config.addinivalue_line(
         "markers", "profiles(*names): run the test under these platform profiles (root, "
         "user, worker; all three when none are named); see tests/profiles.py")
