@@ -1,16 +1,28 @@
-"""Benchmark the evaluation engines on one grid and one 5-shot cloze task.
+"""Benchmark the evaluation engines per request type, every route timed in one run.
 
-Three routes answer the same task on the same checkpoints, timed in one run:
-  (1) cli   one `python -m lm_eval --model hf ...` process per checkpoint (stock route);
-  (2) hf    lm-eval's stock HFLM, all checkpoints in one process (`simple_evaluate`,
-            task index built once, only the benchmark task folder);
-  (3) fast  `e2lmc ingest --engine fast` on the same task as a task-folder submission
-            (the product route: requests rendered once in the task process, tokenized
-            and planned once, shared prefixes forwarded once).
-It prints wall time per route, the speed-up of (3) over (1) and (2), the tokens each
-route forwards, and checks that the task metric is the same on every route.
+Three request types, each as a generated task over the same checkpoints:
+  mc        5-shot multiple-choice cloze (4 choices; `loglikelihood`), `--items` documents;
+  gen       5-shot question answering (`generate_until`, greedy, stop at a newline);
+  rolling   wikitext-like pages (`loglikelihood_rolling`, word perplexity), some longer
+            than the context window.
+Four routes answer each task:
+  (1) cli     one `python -m lm_eval --model hf ...` process per checkpoint (what the
+              stock CLI does per checkpoint: load + evaluate, everything rebuilt);
+  (2) hf      lm-eval's stock HFLM, all checkpoints in one process (`simple_evaluate`);
+  (3) fast    the fast engine's FastLM in the same harness as (2): the engines compared
+              alone (tokenization and plan kept across checkpoints in `shared`);
+  (4) ingest  `e2lmc ingest --engine fast` on the task as a task-folder submission (the
+              product route: requests rendered once in a confined task process, which
+              also scores each checkpoint).
+It prints, per request type, each route's wall time, the speed-up of the route over the
+baselines (1) and (2) measured in the same run (baseline time / route time), the time
+spent inside the engine where it is measured (FastLM's counters; for HFLM the time in its
+request methods) with the same ratio against (2), and how far each route's task metric
+is from stock HFLM's.
 
     python benchmarks/engine.py --grid tiny --items 2000 --checkpoints 3
+    python benchmarks/engine.py --small --grid demo-micro --threads 1   # a few minutes on CPU
+    python benchmarks/engine.py --types rolling --rolling-docs 200
     python benchmarks/engine.py --synthetic-1b --device cuda     # GPU: (2) vs (3)
 
 `--synthetic-1b` builds randomly initialised Llamas shaped like the organizers' 1B model
@@ -30,8 +42,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -39,7 +52,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-TASK = "e2lmc_bench_cloze"
+TYPES = ("mc", "gen", "rolling")
+MIN_DOCS = 100  # the competition's smallest task (e2lmc.ingestion.validate.MIN_DOCS)
+
+
+@dataclass
+class BenchTask:
+    """One generated task: its lm-eval name, the metric compared, the two folders."""
+
+    kind: str
+    name: str
+    metric: str
+    label: str
+    include: Path
+    submission: Path
 
 
 # -- inputs ----------------------------------------------------------------------------
@@ -63,37 +89,50 @@ def make_grid(kind: str, root: Path, n_checkpoints: int):
     return manifest.checkpoints[:n_checkpoints]
 
 
-def write_cloze_task(folder: Path, n_items: int, seed: int = 0) -> tuple[Path, Path]:
-    """A 5-shot multiple-choice cloze task over the tiny words, written twice: an lm-eval
-    include folder (absolute data paths) and an e2lmc task-folder submission (relative)."""
+def _words(rng: random.Random, lo: int, hi: int) -> str:
     from e2lmc.suite.tiny import _WORDS
 
+    return " ".join(rng.choice(_WORDS) for _ in range(rng.randint(lo, hi)))
+
+
+def mc_doc(rng: random.Random) -> dict[str, Any]:
+    choices = [_words(rng, 1, 4) for _ in range(4)]
+    return {"question": _words(rng, 6, 18), "choices": choices, "answer": rng.randrange(4)}
+
+
+def gen_doc(rng: random.Random) -> dict[str, Any]:
+    return {"question": _words(rng, 4, 14), "answer": _words(rng, 1, 3)}
+
+
+def rolling_pages(n: int, max_words: int, seed: int) -> list[dict[str, Any]]:
+    """Pages of science-and-web prose, lengths spread log-uniformly up to `max_words`
+    (the longest take several context windows), like wikitext's documents."""
+    from e2lmc.suite.corpora import documents
+    from e2lmc.suite.world import build_world
+
     rng = random.Random(seed)
+    stream = documents(build_world(), "science", seed)
+    pages = []
+    for _ in range(n):
+        target = int(max_words ** rng.uniform(0.5, 1.0))
+        text = ""
+        while len(text.split()) < target:
+            text += ("\n\n" if text else "") + next(stream)
+        pages.append({"page": text})
+    return pages
 
-    def doc() -> dict[str, Any]:
-        words = [rng.choice(_WORDS) for _ in range(rng.randint(6, 18))]
-        choices = [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(1, 4)))
-                   for _ in range(4)]
-        return {"question": " ".join(words), "choices": choices, "answer": rng.randrange(4)}
 
-    include, submission = folder / "include", folder / "submission"
-    for d in (include, submission):
-        d.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", 20), ("test", n_items)):
-        lines = "".join(json.dumps(doc()) + "\n" for _ in range(n))
-        for d in (include, submission):
-            (d / f"{split}.jsonl").write_text(lines)
-    for d, base in ((include, f"{include}/"), (submission, "")):
-        (d / f"{TASK}.yaml").write_text(f"""task: {TASK}
-dataset_path: json
+_DATA = """dataset_path: json
 dataset_kwargs:
   data_files:
     train: {base}train.jsonl
     test: {base}test.jsonl
-output_type: multiple_choice
+test_split: test
+"""
+_YAML = {
+    "mc": """output_type: multiple_choice
 training_split: train
 fewshot_split: train
-test_split: test
 num_fewshot: 5
 fewshot_config:
   sampler: first_n
@@ -104,19 +143,80 @@ metric_list:
   - metric: acc
     aggregation: mean
     higher_is_better: true
-""")
-    (submission / "metadata.yaml").write_text(f"task_name: {TASK}\ntask_metric: acc,none\n")
-    return include, submission
+""",
+    "gen": """output_type: generate_until
+training_split: train
+fewshot_split: train
+num_fewshot: 5
+fewshot_config:
+  sampler: first_n
+doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
+doc_to_target: "{{{{answer}}}}"
+generation_kwargs:
+  until: ["\\n"]
+  max_gen_toks: {max_gen_toks}
+  do_sample: false
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+""",
+    "rolling": """output_type: loglikelihood_rolling
+doc_to_text: ""
+doc_to_target: "{{{{page}}}}"
+metric_list:
+  - metric: word_perplexity
+  - metric: byte_perplexity
+  - metric: bits_per_byte
+""",
+}
+_METRIC = {"mc": "acc,none", "gen": "exact_match,none", "rolling": "word_perplexity,none"}
+_LABEL = {"mc": "multiple choice, 5-shot", "gen": "generate_until, 5-shot",
+          "rolling": "loglikelihood_rolling"}
+
+
+def write_task(folder: Path, kind: str, args, seed: int = 0) -> BenchTask:
+    """The task of one request type, written twice: an lm-eval include folder (absolute
+    data paths) and an e2lmc task-folder submission (relative)."""
+    rng = random.Random(seed)
+    if kind == "rolling":
+        test = rolling_pages(args.rolling_docs, args.rolling_words, seed)
+        train = test[:2]  # unused, but a split must not be empty
+    else:
+        make = mc_doc if kind == "mc" else gen_doc
+        n = args.items if kind == "mc" else args.gen_items
+        train, test = [make(rng) for _ in range(20)], [make(rng) for _ in range(n)]
+    name = f"e2lmc_bench_{kind}"
+    include, submission = folder / kind / "include", folder / kind / "submission"
+    for d, base in ((include, f"{include}/"), (submission, "")):
+        d.mkdir(parents=True, exist_ok=True)
+        for split, docs in (("train", train), ("test", test)):
+            (d / f"{split}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in docs))
+        body = _YAML[kind].format(max_gen_toks=args.max_gen_toks)
+        (d / f"{name}.yaml").write_text(f"task: {name}\n" + _DATA.format(base=base) + body)
+    (submission / "metadata.yaml").write_text(
+        f"task_name: {name}\ntask_metric: {_METRIC[kind]}\n")
+    return BenchTask(kind, name, _METRIC[kind], _LABEL[kind], include, submission)
 
 
 # -- routes ----------------------------------------------------------------------------
 
-def _acc(results: dict[str, Any]) -> float:
-    return float(results["results"][TASK]["acc,none"])
+@dataclass
+class Outcome:
+    """One route on one task: wall seconds, metric per checkpoint, engine seconds."""
+
+    seconds: float
+    values: list[float]
+    engine_s: float | None = None
+    counters: dict[str, float] | None = None
 
 
-def route_cli(checkpoints, task_dir: Path, args) -> tuple[float, list[float]]:
-    accs = []
+def _metric(results: dict[str, Any], task: BenchTask) -> float:
+    return float(results["results"][task.name][task.metric])
+
+
+def route_cli(checkpoints, task: BenchTask, args) -> Outcome:
+    values = []
     t0 = time.perf_counter()
     for ck in checkpoints:
         pretrained, subfolder = ck.load_target()
@@ -125,32 +225,49 @@ def route_cli(checkpoints, task_dir: Path, args) -> tuple[float, list[float]]:
             margs += f",subfolder={subfolder}"
         with tempfile.TemporaryDirectory() as out:
             cmd = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", margs,
-                   "--include_path", str(task_dir), "--tasks", TASK, "--device", args.device,
-                   "--batch_size", str(args.hf_batch_size), "--output_path", out]
+                   "--include_path", str(task.include), "--tasks", task.name,
+                   "--device", args.device, "--batch_size", str(args.hf_batch_size),
+                   "--output_path", out]
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             found = sorted(Path(out).rglob("results_*.json"))
-            accs.append(_acc(json.loads(found[-1].read_text())))
-    return time.perf_counter() - t0, accs
+            values.append(_metric(json.loads(found[-1].read_text()), task))
+    return Outcome(time.perf_counter() - t0, values)
 
 
-def route_hf(checkpoints, task_dir: Path, args) -> tuple[float, list[float]]:
+def _time_requests(lm: Any, clock: list[float]) -> None:
+    """Add the time spent in the LM's request methods to clock[0]."""
+    def timed(method: Callable) -> Callable:
+        def run(*a: Any, **k: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return method(*a, **k)
+            finally:
+                clock[0] += time.perf_counter() - t0
+        return run
+
+    for name in ("loglikelihood", "loglikelihood_rolling", "generate_until"):
+        setattr(lm, name, timed(getattr(lm, name)))
+
+
+def route_hf(checkpoints, task: BenchTask, args) -> Outcome:
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    accs = []
+    values, clock = [], [0.0]
     t0 = time.perf_counter()
-    tm = TaskManager(include_path=str(task_dir), include_defaults=False)
+    tm = TaskManager(include_path=str(task.include), include_defaults=False)
     for ck in checkpoints:
         pretrained, subfolder = ck.load_target()
         lm = HFLM(pretrained=pretrained, subfolder=subfolder or "", device=args.device,
                   dtype=args.dtype, max_length=args.max_length, batch_size=args.hf_batch_size)
-        accs.append(_acc(simple_evaluate(model=lm, tasks=[TASK], task_manager=tm,
-                                         verbosity="ERROR")))
-    return time.perf_counter() - t0, accs
+        _time_requests(lm, clock)
+        values.append(_metric(simple_evaluate(model=lm, tasks=[task.name], task_manager=tm,
+                                              verbosity="ERROR"), task))
+    return Outcome(time.perf_counter() - t0, values, engine_s=clock[0])
 
 
-def route_fast(checkpoints, submission: Path, args) -> tuple[float, list[float], dict]:
+def route_fast(checkpoints, task: BenchTask, args) -> Outcome:
     """The product route: `e2lmc ingest --engine fast` on the task-folder submission."""
     from e2lmc.ingestion.run import ingest
     from e2lmc.manifest import Defaults, Manifest, Model
@@ -167,15 +284,65 @@ def route_fast(checkpoints, submission: Path, args) -> tuple[float, list[float],
             device=args.device, dtype=args.dtype, max_length=args.max_length,
             batch_tokens=args.batch_tokens)).write(work / "input" / "manifest.yaml")
         t0 = time.perf_counter()
-        doc = ingest(submission, work / "input", work / "output", engine="fast",
+        doc = ingest(task.submission, work / "input", work / "output", engine="fast",
                      device=args.device, log=lambda *a, **k: None)
         seconds = time.perf_counter() - t0
         if doc["status"] != "ok":
             sys.exit(f"ingestion failed: {doc.get('error')}")
         values = {r.key: r.value for r in read_results(work / "output")}
-        return seconds, [values[ck.key] for ck in checkpoints], doc["engine"]["counters"]
+        counters = doc["engine"]["counters"]
+        return Outcome(seconds, [values[ck.key] for ck in checkpoints],
+                       engine_s=counters.get("seconds"), counters=counters)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def route_fastlm(checkpoints, task: BenchTask, args) -> Outcome:
+    """FastLM in the harness of route (2), one `shared` dict across checkpoints."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    from e2lmc.engine.fast import FastLM
+
+    values, shared, counters = [], {}, {}
+    t0 = time.perf_counter()
+    tm = TaskManager(include_path=str(task.include), include_defaults=False)
+    for ck in checkpoints:
+        lm = FastLM.from_checkpoint(ck, device=args.device, dtype=args.dtype,
+                                    max_length=args.max_length,
+                                    batch_tokens=args.batch_tokens, shared=shared)
+        values.append(_metric(simple_evaluate(model=lm, tasks=[task.name], task_manager=tm,
+                                              verbosity="ERROR"), task))
+        for k, v in lm.counters.items():
+            counters[k] = counters.get(k, 0) + v
+    return Outcome(time.perf_counter() - t0, values, engine_s=counters["seconds"],
+                   counters=counters)
+
+
+ROUTES = (("cli", "(1) lm_eval CLI per checkpoint", route_cli),
+          ("hf", "(2) stock HFLM, one process", route_hf),
+          ("fast", "(3) FastLM, one process", route_fastlm),
+          ("ingest", "(4) e2lmc ingest --engine fast", route_fast))
+
+
+def warm_up(task: BenchTask) -> None:
+    """Load the task once untimed (imports, `datasets` cache), so that the route run first
+    in this process does not pay for the ones after it."""
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    get_task_dict([task.name], TaskManager(include_path=str(task.include),
+                                           include_defaults=False))
+
+
+def run_task(checkpoints, task: BenchTask, args) -> dict[str, Outcome]:
+    warm_up(task)
+    out = {}
+    for key, name, route in reversed(ROUTES):  # the quick routes first
+        if key in args.skip:
+            continue
+        out[key] = route(checkpoints, task, args)
+        print(f"  {task.kind}: {name} done in {out[key].seconds:.1f} s", flush=True)
+    return out
 
 
 # -- synthetic 1B-shaped run -----------------------------------------------------------
@@ -275,62 +442,122 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+# -- report ---------------------------------------------------------------------------
+
+def _ratio(baseline: Outcome | None, seconds: float | None, engine: bool = False) -> str:
+    """Baseline time / route time: how many times faster the route is."""
+    base = None if baseline is None else (baseline.engine_s if engine else baseline.seconds)
+    return f"{base / seconds:.2f}x" if base and seconds else "-"
+
+
+def _metric_gap(values: list[float], ref: list[float] | None) -> str:
+    """Largest relative difference of a route's metric from stock HFLM's."""
+    if ref is None:
+        return "-"
+    gap = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(values, ref))
+    return "identical" if gap == 0 else f"{gap:.1e}"
+
+
+def report(results: dict[str, dict[str, Outcome]], n_checkpoints: int) -> None:
+    print(f"\n{'request type':24s} {'route':31s} {'wall s':>7s} {'vs CLI':>7s} "
+          f"{'vs HFLM':>7s} {'engine s':>8s} {'vs HFLM':>7s}  metric vs HFLM")
+    for kind, outcomes in results.items():
+        cli, hf = outcomes.get("cli"), outcomes.get("hf")
+        for n, (key, name, _) in enumerate(k for k in ROUTES if k[0] in outcomes):
+            o = outcomes[key]
+            engine = f"{o.engine_s:8.1f}" if o.engine_s is not None else f"{'-':>8s}"
+            print(f"{_LABEL[kind] if n == 0 else '':24s} {name:31s} {o.seconds:7.1f} "
+                  f"{_ratio(cli, o.seconds):>7s} {_ratio(hf, o.seconds):>7s} {engine} "
+                  f"{_ratio(hf, o.engine_s, engine=True):>7s}  "
+                  f"{_metric_gap(o.values, hf.values if hf else None)}")
+        for key in ("fast", "ingest"):
+            if key in outcomes:
+                print(f"{'':24s} {key}: " + _counters_line(outcomes[key]))
+    print(f"\n'vs X' = X's time / the route's time (the route's speed-up), same run, "
+          f"{n_checkpoints} checkpoints; engine s = time inside the LM's request methods")
+
+
+def _counters_line(o: Outcome) -> str:
+    c = o.counters or {}
+    return (f"{c.get('tokens_forwarded', 0):,.0f} tokens forwarded, "
+            f"{c.get('unique_tokens', 0):,.0f} unique, {c.get('tokens_requested', 0):,.0f} "
+            f"requested (no sharing); outside the engine {o.seconds - (o.engine_s or 0):.1f} s;"
+            " metric " + " ".join(f"{v:.4g}" for v in o.values))
+
+
 # -- main ------------------------------------------------------------------------------
+
+def _small(args) -> None:
+    """A CPU run of a few minutes: the competition's smallest tasks, two checkpoints."""
+    args.checkpoints = min(args.checkpoints, 2)
+    args.items = args.items or 300
+    args.gen_items = min(args.gen_items, MIN_DOCS)
+    args.rolling_docs = min(args.rolling_docs, MIN_DOCS)
+    args.rolling_words = min(args.rolling_words, 1500)
+
+
+def _threads(n: int | None) -> None:
+    """Fix the CPU threads of this process and of the processes it starts."""
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(n)
+
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--grid", choices=["tiny", "demo", "demo-micro"], default="tiny")
+    ap.add_argument("--types", default=",".join(TYPES),
+                    help=f"request types to time, comma-separated (default {','.join(TYPES)})")
     ap.add_argument("--items", type=int, default=None,
-                    help="documents (default 2000; 14042 with --synthetic-1b)")
+                    help="multiple-choice documents (default 2000; 14042 with --synthetic-1b)")
+    ap.add_argument("--gen-items", type=int, default=200, help="generate_until documents")
+    ap.add_argument("--max-gen-toks", type=int, default=32)
+    ap.add_argument("--rolling-docs", type=int, default=200, help="loglikelihood_rolling pages")
+    ap.add_argument("--rolling-words", type=int, default=4000, help="longest page, in words")
+    ap.add_argument("--small", action="store_true",
+                    help="2 checkpoints, 300 / 100 / 100 documents: a few minutes on CPU")
     ap.add_argument("--checkpoints", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default=None, help="default: bfloat16 on cuda, else float32")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     ap.add_argument("--max-length", type=int, default=2048)
     ap.add_argument("--batch-tokens", type=int, default=65536)
     ap.add_argument("--hf-batch-size", type=int, default=32)
     ap.add_argument("--skip-cli", action="store_true", help="skip route (1)")
     ap.add_argument("--skip-hf", action="store_true", help="skip route (2)")
+    ap.add_argument("--skip-ingest", action="store_true", help="skip route (4)")
     ap.add_argument("--synthetic-1b", action="store_true")
     ap.add_argument("--shape", choices=sorted(SHAPES), default="1b")
     args = ap.parse_args(argv)
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    args.skip = {k for k, flag in (("cli", args.skip_cli), ("hf", args.skip_hf),
+                                   ("ingest", args.skip_ingest)) if flag}
+    _threads(args.threads)
     if args.synthetic_1b:
         args.items = args.items or 14042
         run_synthetic(args)
         return
+    if args.small:
+        _small(args)
     args.items = args.items or 2000
+    kinds = [k for k in args.types.split(",") if k]
+    if set(kinds) - set(TYPES):
+        ap.error(f"--types: choose among {', '.join(TYPES)}")
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         checkpoints = make_grid(args.grid, tmp_path, args.checkpoints)
-        task_dir, submission = write_cloze_task(tmp_path / "task", args.items)
-        print(f"grid {args.grid}: {len(checkpoints)} checkpoints; task: {args.items} items, "
-              f"5-shot cloze, 4 choices; device {args.device}, {args.dtype}; "
-              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)
-        rows = []
-        t_fast, acc_fast, tok = route_fast(checkpoints, submission, args)
-        rows.append(("(3) e2lmc ingest --engine fast", t_fast, acc_fast))
-        print(f"(3) done in {t_fast:.1f} s", flush=True)
-        if not args.skip_hf:
-            t_hf, acc_hf = route_hf(checkpoints, task_dir, args)
-            rows.append(("(2) stock HFLM, one process", t_hf, acc_hf))
-            print(f"(2) done in {t_hf:.1f} s", flush=True)
-        if not args.skip_cli:
-            t_cli, acc_cli = route_cli(checkpoints, task_dir, args)
-            rows.append(("(1) lm_eval CLI per checkpoint", t_cli, acc_cli))
-            print(f"(1) done in {t_cli:.1f} s", flush=True)
-
-    print()
-    print(f"{'route':34s} {'wall s':>8s} {'s/ckpt':>7s} {'fast is':>9s}   acc per checkpoint")
-    for name, t, accs in sorted(rows, key=lambda r: r[0]):
-        print(f"{name:34s} {t:8.1f} {t / len(checkpoints):7.1f} {t / t_fast:8.1f}x   "
-              + " ".join(f"{a:.4f}" for a in accs))
-    same = all(r[2] == acc_fast for r in rows)
-    print(f"task metric identical on every route: {same}")
-    ratio = tok["tokens_forwarded"] / max(tok["unique_tokens"], 1)
-    print(f"(3) tokens forwarded {tok['tokens_forwarded']:,} / unique {tok['unique_tokens']:,}"
-          f" = {ratio:.3f}; stock routes forward about {tok['tokens_requested']:,} "
-          f"(every request's context+continuation, no sharing)")
+        tasks = [write_task(tmp_path / "tasks", kind, args) for kind in kinds]
+        print(f"grid {args.grid}: {len(checkpoints)} checkpoints; device {args.device}, "
+              f"{args.dtype}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
+              f"mc {args.items} docs, gen {args.gen_items} docs (max {args.max_gen_toks} "
+              f"tokens), rolling {args.rolling_docs} pages (up to {args.rolling_words} words)",
+              flush=True)
+        results = {task.kind: run_task(checkpoints, task, args) for task in tasks}
+    report(results, len(checkpoints))
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

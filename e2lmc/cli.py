@@ -33,6 +33,21 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler="e2lmc.ingestion.run:cli_ingest")
 
 
+def _add_stage(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("stage", help="download a manifest's hub checkpoints once, into the "
+                                     "worker's data folder")
+    p.add_argument("manifest", help="manifest.yaml (or the folder holding it)")
+    p.add_argument("--data", required=True,
+                   help="the folder the worker mounts read-only at /app/data")
+    p.add_argument("--output", default=None,
+                   help="also write a manifest whose hub checkpoints point at the staged copies")
+    p.add_argument("--mount", default="/app/data",
+                   help="where the worker mounts --data (paths written by --output)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print what would be downloaded and its size; download nothing")
+    p.set_defaults(handler="e2lmc.stage:cli_stage")
+
+
 def _add_score(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("score", help="score an ingestion output")
     p.add_argument("--res", required=True, help="ingestion output folder")
@@ -104,9 +119,15 @@ def _add_bundle(sub: argparse._SubParsersAction) -> None:
                    help="organizer's file holding the judge API key, copied into reference data")
     b.add_argument("--root", default=None,
                    help="checkout holding competition.yaml (default: this package's checkout)")
-    b.set_defaults(handler="e2lmc.bundle.build:cli_bundle_build")
+    b.add_argument("--queue", default=None, metavar="VHOST",
+                   help="your GPU queue's vhost, written into the bundle's competition.yaml")
     c = bsub.add_parser("check", help="check a bundle zip or folder against Codabench rules")
     c.add_argument("bundle", help="zip or folder")
+    for parser in (b, c):
+        parser.add_argument("--allow-default-queue", action="store_true",
+                            help="accept a bundle without a queue (a CPU demo competition: "
+                                 "Codabench's default queue stops every step after 600 s)")
+    b.set_defaults(handler="e2lmc.bundle.build:cli_bundle_build")
     c.set_defaults(handler="e2lmc.bundle.check:cli_bundle_check")
 
     r = sub.add_parser("run-local", help="run a submission as the Codabench worker would")
@@ -123,7 +144,9 @@ def _add_bundle(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--judge-key-file", default=None,
                    help="judge API key file, copied into the reference data as the build does")
     r.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                   help="time limit per step (default: the phases' execution_time_limit)")
+                   help="time limit per step (default: the platform's, the shortest "
+                        "execution_time_limit of the task's phases, at most 600 s without "
+                        "a queue)")
     r.add_argument("--no-network", action="store_true",
                    help="Docker mode: run containers without network")
     r.add_argument("--user", default=None, help="Docker mode: run containers as this UID[:GID]")
@@ -139,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"e2lmc {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_ingest, _add_score, _add_suite, _add_submission, _add_bundle):
+    for add in (_add_ingest, _add_stage, _add_score, _add_suite, _add_submission, _add_bundle):
         add(sub)
     return parser
 

@@ -115,7 +115,7 @@ def real_manifest(models: tuple[str, ...] | list[str] = MODELS,
         out.append(Model(name=name, size=size, arch=arch, data="science", params=None,
                          checkpoints=ckpts))
     return Manifest(path=None, models=out,
-                    defaults=Defaults(dtype="bfloat16", device="cuda", allow_network=True))
+                    defaults=Defaults(dtype="bfloat16", device="cuda", download=True))
 
 
 def demo_manifest() -> Manifest:

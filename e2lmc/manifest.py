@@ -6,10 +6,13 @@ gets the model attributes through `ingestion.json`, never the load paths.
 
     version: 1
     defaults: {dtype: auto, device: auto, max_length: 2048, max_gen_toks: 256,
-               batch_tokens: 65536, allow_network: false, time_budget_s: null, engine: fast}
+               batch_tokens: 65536, hf_batch_size: 1, bootstrap_iters: 100000,
+               allow_network: false, download: false, time_budget_s: null, engine: fast}
     models:
       - name: dense-1b-arch1
-        source: hf://tiiuae/dense-1b-arch1     # or a local dir (relative to this file)
+        source: hf://tiiuae/dense-1b-arch1     # or a local dir (relative to this file);
+                                               # hub weights load from their copy staged
+                                               # by `e2lmc stage` unless download: true
         size: 1b
         params: 1.0e9
         arch: arch1
@@ -87,7 +90,14 @@ class Defaults:
     max_length: int = 2048
     max_gen_toks: int = 256  # the most tokens a generate_until request may ask for
     batch_tokens: int = 65536
+    # `--engine hf`: requests per batch; 1 is the lm_eval CLI's default (padding in a
+    # larger batch moves log-likelihoods by about 1e-6)
+    hf_batch_size: int = 1
+    # resamples for the stderr of median, f1, mcc, perplexity, bleu...: lm-eval's default;
+    # about 100,000 x one metric call per checkpoint (see docs/organizers.md)
+    bootstrap_iters: int = 100_000
     allow_network: bool = False
+    download: bool = False  # hub checkpoints: False = only their staged copy (e2lmc stage)
     time_budget_s: float | None = None
     engine: str = "fast"
 
@@ -183,6 +193,13 @@ def load_manifest(path_or_dir: str | Path, data_dir: str | Path | None = None) -
         raise UserError(f"{path}: unknown keys in `defaults`: {sorted(unknown)}; "
                         f"allowed: {sorted(known)}")
     defaults = Defaults(**raw_defaults)
+    for key in ("allow_network", "download"):
+        if not isinstance(getattr(defaults, key), bool):
+            raise UserError(f"{path}: defaults.{key} must be true or false")
+    for key, least in (("hf_batch_size", 1), ("bootstrap_iters", 0)):
+        value = getattr(defaults, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise UserError(f"{path}: defaults.{key} must be a whole number >= {least}")
 
     raw_models = _need(doc, "models", "the manifest", path)
     if not isinstance(raw_models, list) or not raw_models:

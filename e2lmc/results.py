@@ -282,9 +282,12 @@ def read_ingestion(res_dir: str | Path, key: bytes, allow_partial: bool = False
         msg = doc.get("error") or f"ingestion exit code {code}"
         raise IngestionFailed(f"ingestion failed: {msg}")
     if status == "partial" and not allow_partial:
-        msg = doc.get("error") or "time budget reached before every checkpoint was evaluated"
-        raise IngestionFailed(f"ingestion is partial: {msg}; raise the time budget or "
-                              "re-run the submission (finished checkpoints are kept)")
+        msg = doc.get("error") or "the run stopped before every checkpoint was evaluated"
+        raise IngestionFailed(f"ingestion is partial: {msg}; a partial grid gets no score. "
+                              "A re-run on Codabench starts from nothing, so make the task "
+                              "cheaper to evaluate (fewer documents, shorter prompts or "
+                              "generations); organizers set the budget (manifest "
+                              "time_budget_s) within the phase's execution_time_limit")
     if status not in STATUSES:
         raise IngestionFailed(f"{path}: unknown status {status!r}")
     problem = signature_problem(doc, key)

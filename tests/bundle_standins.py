@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+TEST_QUEUE = "4f0c2a7e-5b1d-4c3e-9a8f-1e2d3c4b5a69"  # stands for an organizer's GPU queue
 
 INGESTION = textwrap.dedent('''\
     """Stand-in ingestion program (test double): lists the manifest's checkpoints."""
@@ -34,9 +35,15 @@ INGESTION = textwrap.dedent('''\
     out = root / "output"
     sub = yaml.safe_load((root / "ingested_program" / "metadata.yaml").read_text()) or {}
     mode = sub.get("standin_mode", "ok")
+    mounts = {}  # mount point under /app -> ro/rw (empty outside a container)
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        fields = line.split()
+        if fields[1].startswith("/app"):
+            mounts[fields[1]] = fields[3].split(",")[0]
     (out / "probe.json").write_text(json.dumps({
         "argv": sys.argv, "env": sorted(os.environ), "cwd": os.getcwd(),
         "e2lmc": str(Path(e2lmc.__file__).parent), "unbuffered": os.environ.get("PYTHONUNBUFFERED"),
+        "proxies": [os.environ.get(k) for k in ("http_proxy", "https_proxy")], "mounts": mounts,
     }))
     if mode == "fail":
         print("stand-in: task failed", file=sys.stderr)
@@ -102,13 +109,20 @@ def write_program(folder: Path, script: str, body: str) -> None:
     (folder / script).write_text(body)
 
 
-def make_standin_bundle(dest: Path, use_real_programs: bool = False) -> Path:
+def make_standin_bundle(dest: Path, use_real_programs: bool = False,
+                        queue: str | None = TEST_QUEUE) -> Path:
     """A bundle source folder in `dest`: the repo's parts, stand-ins for missing ones.
 
     With `use_real_programs=False` the programs are always stand-ins (fast, no models).
+    `queue` replaces the repo's placeholder queue (None keeps the placeholder).
     """
+    from e2lmc.bundle.check import PLACEHOLDER_QUEUE
+
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(REPO / "competition.yaml", dest / "competition.yaml")
+    text = (REPO / "competition.yaml").read_text()
+    if queue is not None:
+        text = text.replace(f"queue: {PLACEHOLDER_QUEUE}", f"queue: {queue}")
+    (dest / "competition.yaml").write_text(text)
     doc = yaml.safe_load((REPO / "competition.yaml").read_text())
     keys = column_keys(REPO / "competition.yaml")
     task = doc["tasks"][0]

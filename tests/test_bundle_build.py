@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bundle_standins import make_standin_bundle
+from bundle_standins import TEST_QUEUE, make_standin_bundle
 from e2lmc.bundle.build import build_bundle
 from e2lmc.bundle.check import check_bundle
 from e2lmc.bundle.layout import judge_key_name
@@ -125,3 +125,25 @@ def test_cli_build(tmp_path, source, capsys):
     out = tmp_path / "cli.zip"
     assert main(["bundle", "build", "--root", str(source), "--output", str(out)]) == 0
     assert out.is_file() and "without a judge key" in capsys.readouterr().out
+
+
+def test_queue_and_a_missing_time_budget_are_written_into_the_bundle(tmp_path, capsys):
+    """The checkout's placeholder queue fails the build until the organizer names the GPU
+    queue; a manifest without a budget gets the one that fits the phases' 12-hour limit."""
+    src = make_standin_bundle(tmp_path / "src", queue=None)
+    manifest = src / "input_data" / "e2lm" / "manifest.yaml"
+    doc = yaml.safe_load(manifest.read_text())
+    del doc["defaults"]["time_budget_s"]
+    manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
+    with pytest.raises(UserError, match="still the placeholder"):
+        build_bundle(tmp_path / "a.zip", root=src)
+    out = tmp_path / "b.zip"
+    assert main(["bundle", "build", "--root", str(src), "--output", str(out),
+                 "--queue", TEST_QUEUE]) == 0
+    with zipfile.ZipFile(out) as zf:
+        assert yaml.safe_load(zf.read("competition.yaml"))["queue"] == TEST_QUEUE
+        built = yaml.safe_load(zf.read("input_data/e2lm/manifest.yaml"))
+    assert built["defaults"]["time_budget_s"] == 43200 - 2160
+    assert len(built["models"]) == len(doc["models"])
+    capsys.readouterr()
+    assert main(["bundle", "check", str(out)]) == 0

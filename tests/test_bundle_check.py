@@ -9,9 +9,10 @@ import pytest
 import yaml
 
 from bundle_standins import make_standin_bundle
-from e2lmc.bundle import layout
+from e2lmc.bundle import layout, timing
 from e2lmc.bundle.build import stage_bundle
-from e2lmc.bundle.check import check_bundle, check_bundle_dir, metadata_writes
+from e2lmc.bundle.check import (PLACEHOLDER_QUEUE, check_bundle, check_bundle_dir,
+                                metadata_writes)
 from e2lmc.cli import main
 
 
@@ -108,6 +109,26 @@ def _queue_name(d):
     d["queue"] = "my-gpu-queue"
 
 
+def _placeholder_queue(d):
+    d["queue"] = PLACEHOLDER_QUEUE
+
+
+def _no_queue(d):
+    del d["queue"]
+
+
+def _hidden_logs(d):
+    d["phases"][1]["hide_output"] = True
+
+
+def _shown_predictions(d):
+    del d["phases"][0]["hide_prediction_output"]  # the platform's default: shown
+
+
+def _shown_score_output(d):
+    d["phases"][2]["hide_score_output"] = False
+
+
 @pytest.mark.parametrize("change,expected", [
     (_drop_version, "`version: 2` is required"),
     (_singular_leaderboard, "uses `leaderboard:`"),
@@ -122,6 +143,12 @@ def _queue_name(d):
     (_missing_page, "'pages/faq.md' does not exist"),
     (_unknown_task, "refers to task index 7"),
     (_queue_name, "is not a queue vhost"),
+    (_placeholder_queue, "still the placeholder"),
+    (_no_queue, "kills every step after 600 s"),
+    (_hidden_logs, "phases[1] (Development): `hide_output: true` hides the logs too"),
+    (_shown_predictions, "`hide_prediction_output` must be true"),
+    (_shown_score_output, "`hide_score_output` must be true: otherwise participants can "
+                          "download the scoring output (scores_details.json"),
 ])
 def test_broken_yaml_variants(staged, change, expected):
     edit_yaml(staged, change)
@@ -182,3 +209,50 @@ def test_check_accepts_a_zip(tmp_path, staged):
     archive = shutil.make_archive(str(tmp_path / "b"), "zip", staged)
     assert check_bundle(archive) == []
     assert main(["bundle", "check", archive]) == 0
+
+
+def test_repo_competition_yaml_names_the_queue_placeholder():
+    """The checkout ships the placeholder, which the check refuses until the organizer sets
+    the vhost (in the file or with `bundle build --queue`)."""
+    doc = yaml.safe_load((layout.default_root() / "competition.yaml").read_text())
+    assert doc["queue"] == PLACEHOLDER_QUEUE
+    assert all(p["hide_output"] is False and p["hide_prediction_output"] is True
+               and p["hide_score_output"] is True for p in doc["phases"])
+
+
+def test_default_queue_needs_the_flag_and_a_budget_within_600_s(staged):
+    edit_yaml(staged, _no_queue)
+    errors = check_bundle_dir(staged, allow_default_queue=True)
+    assert not [e for e in errors if e.startswith("queue:")]
+    # the manifest's budget was made for the GPU queue's 12-hour limit
+    assert any("defaults.time_budget_s 39600 s leaves less than 120 s of the 600 s limit"
+               in e and "without a `queue` every step is capped at 600 s" in e
+               for e in errors), errors
+    _set_budget(staged, timing.safe_budget(600))
+    assert check_bundle_dir(staged, allow_default_queue=True) == []
+
+
+def _set_budget(root: Path, budget) -> None:
+    path = root / "input_data" / "e2lm" / "manifest.yaml"
+    doc = yaml.safe_load(path.read_text())
+    doc["defaults"]["time_budget_s"] = budget
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+@pytest.mark.parametrize("budget,expected", [
+    (None, "no defaults.time_budget_s: at the 43200 s limit the platform kills the ingestion"),
+    (43000, "defaults.time_budget_s 43000 s leaves less than 2160 s of the 43200 s limit"),
+    ("12h", "not a positive number of seconds"),
+])
+def test_time_budget_must_end_the_ingestion_inside_the_limit(staged, budget, expected):
+    _set_budget(staged, budget)
+    [error] = check_bundle_dir(staged)
+    assert error.startswith("tasks[0] (E2LM checkpoint grid).input_data: input_data/e2lm/"
+                            "manifest.yaml: ")
+    assert expected in error and "set defaults.time_budget_s to at most 41040 s" in error
+
+
+def test_shortest_phase_limit_bounds_the_budget(staged):
+    edit_yaml(staged, lambda d: d["phases"][0].update(execution_time_limit=3600))
+    assert any("leaves less than 180 s of the 3600 s limit" in e
+               for e in check_bundle_dir(staged))

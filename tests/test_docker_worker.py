@@ -72,17 +72,93 @@ def test_run_local_in_docker(worker_image, standin_bundle, tmp_path, user):
     assert res_probe["cwd"] == "/app/program"
     assert res_probe["e2lmc"] == "/app/program/e2lmc"
     assert "E2LMC_APP_ROOT" not in res_probe["env"]
+    assert res_probe["proxies"] == ["", ""]  # the worker always sets both, empty by default
+    assert res_probe["mounts"] == {  # the worker's bind modes
+        "/app/program": "rw", "/app/output": "rw", "/app/data": "ro",
+        "/app/ingested_program": "rw", "/app/input_data": "rw", "/app/local_weights/0": "ro"}
 
 
 def test_time_limit_in_docker(worker_image, standin_bundle, tmp_path):
     sub = tmp_path / "sub.zip"
     with zipfile.ZipFile(sub, "w") as zf:
         zf.writestr("metadata.yaml", "task_name: t\ntask_metric: acc,none\nstandin_mode: sleep\n")
-    with pytest.raises(UserError, match="ingestion failed"):
+    with pytest.raises(UserError, match="prediction step: Execution Time Limit exceeded"):
         run_local(sub, "e2lm", bundle=standin_bundle, docker_image=worker_image,
                   workdir=tmp_path / "w", input_data=_grid(tmp_path), network=False,
                   env=OFFLINE, timeout=3)
     assert "killed after 3" in (tmp_path / "w" / "logs" / "ingestion.stderr.txt").read_text()
+    assert not (tmp_path / "w" / "logs" / "scoring.stderr.txt").exists()
+
+
+# A submission program that does what Codabench lets a `command` do: it runs beside the
+# ingestion with the same /app/output (read-write) and /app/input_data, rewrites
+# results.jsonl while the ingestion runs, then, once the ingestion has given up (it
+# refuses a `command`), writes a complete output signed with the key it read from the
+# input data. Only the worker's `metadata` (exitCode not null) can tell.
+FORGE = '''\
+import json, time
+from pathlib import Path
+from e2lmc import signing
+from e2lmc.results import ResultRow, sign_row, signing_context, write_ingestion, write_jsonl
+
+out = Path("/app/output")
+key = signing.load_key(Path("/app/input_data"))
+sub = {"task": "forged", "metric": "acc,none", "n_docs": 500, "fingerprint": "forged"}
+rows = [sign_row(ResultRow("m", c, float(i), "public", "acc,none", 0.3 + 0.2 * i,
+                           metrics={"acc,none": 0.3 + 0.2 * i}), key, signing_context(sub))
+        for i, c in enumerate(("c1", "c2", "c3"))]
+
+
+def ingestion_gave_up():
+    try:
+        return json.loads((out / "ingestion.json").read_text())["status"] == "failed"
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+deadline = time.time() + 240
+while time.time() < deadline and not ingestion_gave_up():
+    (out / "results.jsonl").write_text(json.dumps({"forged": True}) + "\\n")
+    time.sleep(0.05)
+time.sleep(1)
+write_jsonl(out / "results.jsonl", rows)
+write_jsonl(out / "items.jsonl", [])
+write_ingestion(out, {"status": "ok", "models": {"m": {"size": "s", "arch": "arch1",
+                                                      "data": "science"}},
+                      "submission": sub}, key)
+print("forged", flush=True)
+'''
+
+
+def test_submission_command_cannot_forge_a_score(worker_image, tmp_path):
+    """The hostile case: the worker runs the submission's `command` concurrently with the
+    real ingestion program; scoring exits non-zero with the named error, no scores."""
+    from e2lmc import signing
+    from e2lmc.results import read_verified
+
+    require_programs()
+    sub = tmp_path / "hostile.zip"
+    with zipfile.ZipFile(sub, "w") as zf:
+        zf.writestr("metadata.yaml", "task_name: t\ntask_metric: acc,none\n"
+                                     "command: python3 forge.py\n")
+        zf.writestr("forge.py", FORGE)
+    with pytest.raises(UserError, match="scoring program failed") as e:
+        run_local(sub, "e2lm", bundle=REPO, docker_image=worker_image, workdir=tmp_path / "w",
+                  input_data=_grid(tmp_path), network=False, env=OFFLINE, timeout=300)
+    assert "carries its own command" in str(e.value), str(e.value)
+    app = tmp_path / "w" / "app"
+    assert not (app / "output" / "scores.json").exists()
+    logs = tmp_path / "w" / "logs"
+    assert "forged" in (logs / "submission.stdout.txt").read_text()
+    assert "has a `command`" in (logs / "ingestion.stdout.txt").read_text() + \
+        (logs / "ingestion.stderr.txt").read_text()
+    res = app / "input" / "res"
+    meta = yaml.safe_load((res / "metadata").read_text())
+    assert meta["exitCode"] == 0 and meta["ingestionExitCode"] == 2
+    # The forgery is complete: without the worker's metadata it would verify.
+    (res / "metadata").unlink()
+    doc, rows, _ = read_verified(res, signing.load_key(app / "input" / "ref"))
+    assert doc["submission"]["task"] == "forged" and len(rows) == 3
 
 
 def test_example_on_the_micro_suite_in_docker(worker_image, tmp_path, micro_suite):

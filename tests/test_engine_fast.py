@@ -88,8 +88,9 @@ def test_loglikelihood_matches_hflm(checkpoints, seed, row_tokens, batch_tokens)
         fast = _fast(ck, row_tokens=row_tokens, batch_tokens=batch_tokens)
         _assert_same(fast.loglikelihood(reqs), ref)
         c = fast.counters
-        assert c["tokens_forwarded"] == c["unique_tokens"] < c["tokens_requested"]
         (plan,) = [v for k, v in fast._cache.items() if k[0] == "plan"]
+        assert c["tokens_forwarded"] == c["unique_tokens"] + plan.inlined_tokens
+        assert c["unique_tokens"] < c["tokens_requested"]
         if row_tokens < 32:  # shared prefixes were cached and reused, several levels deep
             assert plan.stats["groups"] > 3
 
@@ -117,13 +118,78 @@ def test_greedy_flags_true_and_false_match(checkpoints):
     assert sum(g for _, g in out) == 10
 
 
-def test_rolling_matches_hflm(checkpoints):
+def _rolling_requests(seed: int) -> list[SimpleNamespace]:
+    """Pages from a few words to several windows; some start alike (shared prefixes)."""
+    rng = random.Random(seed)
+    pages = [_words(rng, n) for n in (1, 3, 17, 40, MAX_LEN - 1, MAX_LEN, 2 * MAX_LEN + 5,
+                                      3 * MAX_LEN)]
+    pages += ["the atom " + _words(rng, n) for n in (20, 60, 130)] + ["", " ", "  \n"]
+    return [_req(p) for p in pages]
+
+
+def _assert_same_rolling(out: list[float], ref: list[float]) -> None:
+    """Within TOL plus two float32 ulps of the total: HFLM sums each window in float32, so
+    a window of many tokens is itself rounded to its ulp (1.2e-4 at a total of 1,000)."""
+    ref_arr = np.array(ref, dtype=np.float64)
+    tol = TOL + 2 * np.spacing(np.abs(ref_arr).astype(np.float32)).astype(np.float64)
+    diff = np.abs(np.array(out) - ref_arr)
+    assert (diff <= tol).all(), f"max |delta| = {diff.max()}"
+
+
+@pytest.mark.parametrize("row_tokens,batch_tokens", [(32, 256), (2048, 65536), (8, 64)])
+def test_rolling_matches_hflm(checkpoints, row_tokens, batch_tokens):
+    """Long windows run as plain causal rows (their BOS forwarded again in front), short
+    pages packed with a tree mask; both score what HFLM scores."""
     ck = checkpoints[0]
-    rng = random.Random(3)
-    reqs = [_req(_words(rng, n)) for n in (3, 40, MAX_LEN, 3 * MAX_LEN)]
+    reqs = _rolling_requests(3)
     ref = _hflm(ck).loglikelihood_rolling(reqs, disable_tqdm=True)
-    out = _fast(ck, row_tokens=32, batch_tokens=256).loglikelihood_rolling(reqs)
-    assert np.abs(np.array(out) - np.array(ref)).max() < TOL
+    lm = _fast(ck, row_tokens=row_tokens, batch_tokens=batch_tokens)
+    out = lm.loglikelihood_rolling(reqs)
+    _assert_same_rolling(out, ref)
+    (plan,) = [v for k, v in lm._cache.items() if k[0] == "plan"]
+    rows = [r for waves in plan.groups.values() for w in waves for b in w.batches for r in b]
+    if row_tokens < MAX_LEN:  # first windows longer than a row: chains from the root
+        assert any(r.causal for r in rows) and plan.inlined_tokens > 0
+    c = lm.counters
+    assert c["tokens_forwarded"] == c["unique_tokens"] + plan.inlined_tokens
+
+
+ROLLING_TASK = """task: roll
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {path}
+test_split: test
+output_type: loglikelihood_rolling
+doc_to_text: ""
+doc_to_target: "{{{{page}}}}"
+metric_list:
+  - metric: word_perplexity
+  - metric: byte_perplexity
+  - metric: bits_per_byte
+"""
+
+
+def test_rolling_task_metrics_match_hflm(checkpoints, tmp_path):
+    """A wikitext-like task through lm-eval's own evaluator, on both engines."""
+    import json
+
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    pages = [r.args[0] for r in _rolling_requests(4) if r.args[0].strip()]
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps({"page": p}) + "\n" for p in pages))
+    (tmp_path / "roll.yaml").write_text(ROLLING_TASK.format(path=tmp_path / "test.jsonl"))
+    tm = TaskManager(include_path=str(tmp_path), include_defaults=False)
+    metrics = {}
+    for name, lm in (("hf", _hflm(checkpoints[1])), ("fast", _fast(checkpoints[1], row_tokens=32))):
+        res = simple_evaluate(model=lm, tasks=["roll"], task_manager=tm, verbosity="ERROR")
+        metrics[name] = {k: v for k, v in res["results"]["roll"].items()
+                         if k.split(",")[0] in ("word_perplexity", "byte_perplexity",
+                                                "bits_per_byte")}
+    assert metrics["fast"].keys() == metrics["hf"].keys() and len(metrics["hf"]) == 3
+    for k, v in metrics["hf"].items():
+        assert metrics["fast"][k] == pytest.approx(v, rel=1e-6), k
 
 
 def test_generate_until_matches_hflm(checkpoints):
@@ -136,6 +202,33 @@ def test_generate_until_matches_hflm(checkpoints):
     out = _fast(ck, max_length=512, batch_tokens=1024).generate_until(reqs)
     assert out == ref
     assert any(out)
+
+
+def _few_shot_generation(seed: int, n: int) -> list[SimpleNamespace]:
+    """5-shot prompts (one shared prefix) with questions of varied length, in two groups
+    of generation settings."""
+    rng = random.Random(seed)
+    prefix = "".join(f"Question: {_words(rng, rng.randint(3, 9))}\nAnswer: "
+                     f"{_words(rng, rng.randint(1, 3))}\n\n" for _ in range(5))
+    reqs = []
+    for i in range(n):
+        kw = {"until": ["\n"], "max_gen_toks": 8 + 4 * (i % 2), "do_sample": False}
+        reqs.append(_req(prefix + f"Question: {_words(rng, rng.randint(1, 12))}\nAnswer:", kw))
+    reqs.append(_req(prefix + "Q", {"until": ["\n"], "max_gen_toks": 8, "do_sample": False}))
+    return reqs
+
+
+@pytest.mark.parametrize("batch_tokens", [4096, 700])
+def test_generate_until_shared_prefix_matches_hflm(checkpoints, batch_tokens):
+    """The few-shot prefix is forwarded once per batch; every row continues after it."""
+    ck = checkpoints[1]
+    reqs = _few_shot_generation(9, 16)
+    ref = _hflm(ck, max_length=512).generate_until(reqs, disable_tqdm=True)
+    lm = _fast(ck, max_length=512, batch_tokens=batch_tokens)
+    assert lm.generate_until(reqs) == ref
+    assert any(ref)
+    c = lm.counters
+    assert c["tokens_forwarded"] < c["tokens_requested"]  # the prefix was shared
 
 
 def test_encodings_shared_across_checkpoints(checkpoints, monkeypatch):
@@ -243,6 +336,47 @@ def test_bos_adding_tokenizer_matches_hflm(checkpoints):
     model = AutoModelForCausalLM.from_pretrained(pretrained)
     reqs = [_req(*a) for a in random_requests(13, n_docs=10)]
     reqs += [_req(bos + "Q: the atom\nA:", " water"), _req(bos, " red"), _req("", bos + " red")]
+    reqs += [_req("  ", " red"), _req("\n", " the atom")]  # whitespace context -> "" + BOS
     hf = HFLM(pretrained=model, tokenizer=tok, device="cpu", max_length=MAX_LEN, batch_size=4)
     ref = hf.loglikelihood(reqs, disable_tqdm=True)
     _assert_same(FastLM(model, tok, max_length=MAX_LEN, row_tokens=24).loglikelihood(reqs), ref)
+
+
+def _raised(call) -> type | None:
+    try:
+        call()
+    except Exception as exc:  # noqa: BLE001 - the type is what is compared
+        return type(exc)
+    return None
+
+
+LONG = " " + " ".join(["w"] * (MAX_LEN + 10))
+
+
+@pytest.mark.parametrize("method,args", [
+    ("loglikelihood", ("  ", " a")),  # whitespace-only context: no context tokens
+    ("loglikelihood", (" ", "a")),
+    ("loglikelihood", ("\n", " the atom")),
+    ("loglikelihood", ("  ", "")),
+    ("loglikelihood", ("", "")),  # empty context and continuation
+    ("loglikelihood", ("the atom", "")),  # empty continuation
+    ("loglikelihood", ("the", LONG)),  # continuation longer than the model
+    ("generate_until", ("the atom", "until newline")),  # settings not a dict
+    ("generate_until", ("the atom", {"until": ["\n"], "max_gen_toks": MAX_LEN})),
+])
+def test_refuses_what_hflm_refuses(checkpoints, method, args):
+    """Same exception type as HFLM, and before any forward pass of a valid request."""
+    ck = checkpoints[0]
+    hf_error = _raised(lambda: getattr(_hflm(ck), method)([_req(*args)], disable_tqdm=True))
+    assert hf_error is not None
+    lm = _fast(ck)
+    valid = ("the", " atom") if method == "loglikelihood" else ("the", {"until": ["\n"]})
+    assert _raised(lambda: getattr(lm, method)([_req(*valid), _req(*args)])) is hf_error
+    assert lm.counters["tokens_forwarded"] == 0
+
+
+def test_whitespace_context_is_refused_alone_not_its_neighbours(checkpoints):
+    """Trailing whitespace of a real context still moves to the continuation."""
+    ck = checkpoints[0]
+    reqs = [_req("the atom ", "is"), _req("the atom\n\n", " water"), _req("", " ")]
+    _assert_same(_fast(ck).loglikelihood(reqs), _hflm(ck).loglikelihood(reqs, disable_tqdm=True))

@@ -18,14 +18,21 @@ requests = st.lists(st.tuples(token_lists, st.lists(st.integers(0, 3), min_size=
 
 
 def _walk(plan, node, past):
-    """Yield (visible tokens, row, entry) for every score entry, recursing into caches."""
+    """Yield (visible tokens, row, entry) for every score entry, recursing into caches.
+
+    A causal batch without a cache is run with the model's plain causal mask and default
+    positions, so there each column sees every column before it, at its own index."""
     for wave in plan.groups.get(node, []):
         kept = {}
         for batch in wave.batches:
+            plain = not past and all(r.causal for r in batch)
             for row in batch:
+                if plain:
+                    assert list(row.depth) == list(range(len(row)))
                 for e, w, tgt in zip(row.entry_ids, row.entry_want, row.entry_target):
                     c = int(row.want_cols[w])
-                    cols = [j for j in range(len(row)) if row.lo[j] <= c < row.hi[j]]
+                    cols = (range(c + 1) if plain else
+                            [j for j in range(len(row)) if row.lo[j] <= c < row.hi[j]])
                     yield past + [int(row.tokens[j]) for j in cols], int(tgt), int(e)
                 for pnode, col, length in row.prefixes:
                     kept[pnode] = past + [int(t) for t in row.tokens[col:col + length]]
@@ -42,6 +49,9 @@ def test_plan_scores_exactly_each_continuation(reqs, row_tokens, batch_tokens):
     inputs = [s[:-1] for s in seqs]
     distinct_prefixes = {tuple(s[:k]) for s in inputs for k in range(1, len(s) + 1)}
     assert plan.unique_tokens == len(distinct_prefixes)
+    forwarded = sum(len(r) for waves in plan.groups.values() for w in waves
+                    for b in w.batches for r in b)
+    assert forwarded == plan.unique_tokens + plan.inlined_tokens
     assert plan.requested_tokens == sum(len(s) for s in inputs)
 
     seen = Counter()
@@ -65,3 +75,16 @@ def test_few_shot_prefix_is_one_cached_prefix():
     first = plan.groups[ROOT][0]
     assert len(first.prefix_nodes) == 1  # the few-shot prefix, cached once
     assert sum(len(r) for b in first.batches for r in b) == 60
+
+
+def test_rolling_windows_are_causal_chains():
+    """First windows share only the BOS: each runs as one causal row from the root, the
+    BOS forwarded again in front, instead of behind a 1-token cache with a mask."""
+    bos, n = 1, 40
+    windows = [([bos] + list(range(10 + d, 10 + d + 90)), [d + 5]) for d in range(n)]
+    plan = build_plan(windows, 2048, row_tokens=64, batch_tokens=4096)
+    rows = [r for w in plan.groups[ROOT] for b in w.batches for r in b]
+    chains = [r for r in rows if r.causal and len(r) == 91]
+    assert len(chains) == n and all(r.tokens[0] == bos for r in chains)
+    assert plan.inlined_tokens == n
+    assert all(len({r.causal for r in b}) == 1 for w in plan.groups[ROOT] for b in w.batches)

@@ -142,13 +142,16 @@ def test_time_budget_ends_partial_after_the_most_needed(tiny_grid, tmp_path, mon
     lines: list[str] = []
     doc = ingest(build.SCI_CLOZE, tiny_grid.path.parent, out, engine="hf", time_budget=250,
                  log=lines.append)
-    assert doc["status"] == "partial" and "time budget of 250 s" in doc["error"]
+    assert doc["status"] == "partial"
     rows = [(d["model"], d["checkpoint"]) for d in R.iter_jsonl(out / R.RESULTS_JSONL)]
+    assert doc["error"] == (f"time budget exceeded: {len(rows)} of 9 checkpoints "
+                            "evaluated in 250 s")
     assert rows == [("tiny-0-arch1", "iter_0001000"), ("tiny-1-arch2", "iter_0001000"),
                     ("tiny-0-arch1", "iter_0002000")]
     assert len(doc["checkpoints"]["missing"]) == 6
     assert any("ETA" in ln and "[3/9]" in ln for ln in lines)
-    with pytest.raises(Exception, match="partial"):
+    with pytest.raises(Exception, match="partial: time budget exceeded: .* of 9 checkpoints "
+                                        "evaluated in 250 s; a partial grid gets no score"):
         R.read_ingestion(out, signing.load_key(tiny_grid.path.parent))
 
 
@@ -266,14 +269,15 @@ def test_hf_engine_honours_hub_subfolder_and_local_dirs(monkeypatch, tiny_grid):
     monkeypatch.setattr(hf_mod, "HFLM", lambda **kw: seen.append(kw) or "lm")
     hub = Checkpoint(model="m", name="c", source="hf://tiiuae/dense-1b-arch1",
                      subfolder="iter_0004000", tokens_b=8.4, stage="public")
-    assert load_hflm(hub, "cuda", "bfloat16", max_length=2048, batch_tokens=65536) == "lm"
+    assert load_hflm(hub, "cuda", "bfloat16", max_length=2048, batch_size=8) == "lm"
     assert seen[-1]["pretrained"] == "tiiuae/dense-1b-arch1"
     assert seen[-1]["subfolder"] == "iter_0004000"
     assert (seen[-1]["dtype"], seen[-1]["device"], seen[-1]["batch_size"]) == (
-        "bfloat16", "cuda", 32)
+        "bfloat16", "cuda", 8)
     local = tiny_grid.checkpoints[0]
     load_hflm(local, "cpu", "float32")
     assert seen[-1]["pretrained"] == str(Path(local.source) / local.subfolder)
+    assert seen[-1]["batch_size"] == 1  # the lm_eval CLI's default
     assert seen[-1]["subfolder"] == ""
     missing = Checkpoint(model="m", name="c", source="/nonexistent", subfolder="x",
                          tokens_b=1, stage="public")

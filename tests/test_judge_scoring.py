@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -75,7 +76,11 @@ def test_scoring_reports_checks_and_gates(tmp_path):
         assert diag["decision_accuracy"]["pairs"] == 1
         page = (out / "detailed_results.html").read_text()
         assert "Diagnostics" in page and "signal-to-noise ratio" in page
-        assert "Rejected examples" in page and "Q8: about weather" in page
+        # the public page names rejected items by id; their text stays with the organizers
+        assert "rejected 2 of 10 sampled items; for example, by document id: task #8, " \
+            "task #9." in page
+        assert "weather" not in page and "answer8" not in page
+        assert "Q8: about weather" in (out / "scores_details.json").read_text()
         for f in out.iterdir():
             assert KEY not in f.read_text()
 
@@ -93,7 +98,13 @@ def test_gates_zero_the_score(tmp_path):
     assert scores["score"] == 0.0
     details = json.loads((tmp_path / "out/scores_details.json").read_text())
     assert any("leakage 0.300 is above the threshold" in n for n in details["notes"])
-    assert "Hint: answer0" in (tmp_path / "out/detailed_results.html").read_text()
+    page = (tmp_path / "out/detailed_results.html").read_text()
+    assert "3 of 10 checked items give the answer away" in page and "task #0" in page
+    assert "Hint" not in page and "answer0" not in page
+    text = " ".join(re.sub(r"<[^>]+>", " ", page).split())
+    assert "leakage a failure sets the score to 0 0.300 ≤ 0.100 no" in text
+    assert "alignment a failure sets the score to 0 1.000 ≥ 0.500 yes" in text
+    assert "Hint: answer0" in (tmp_path / "out/scores_details.json").read_text()
 
 
 def test_required_judge_unreachable_fails_scoring(tmp_path):

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -92,6 +93,19 @@ def test_writes_three_files_with_leaderboard_keys(tmp_path):
     html = (tmp_path / "out/detailed_results.html").read_text()
     assert html.startswith("<!doctype html>") and "data:image/png;base64," in html
     assert "http" not in html.replace("http-equiv", "")  # self-contained
+
+
+def test_report_speaks_to_people(tmp_path):
+    """Counts are integers, an unmeasured check says so, pass/fail reads yes/no."""
+    res, _ = make_res(tmp_path)
+    score(res, tmp_path / "ref", tmp_path / "out")
+    page = (tmp_path / "out/detailed_results.html").read_text()
+    text = " ".join(re.sub(r"<[^>]+>", " ", page.split("<body>", 1)[1]).split())
+    assert "Documents 500 evaluated documents" in text and "500.0" not in text
+    assert "Alignment not measured (-1 on the leaderboard)" in text and "-1.0" not in text
+    assert "leakage shown only not measured ≤ 0.100 —" in text  # no items rendered
+    assert "None" not in text and "nan" not in text.lower()
+    assert "checkpoints monotonicity" in text and "m-l-arch1 10 " in text
 
 
 def test_hidden_values_never_reach_participant_files(tmp_path):

@@ -15,7 +15,7 @@ import yaml
 
 from bundle_standins import column_keys, make_standin_bundle, write_program
 from e2lmc.bundle.layout import judge_key_name
-from e2lmc.bundle.worker import run_local
+from e2lmc.bundle.worker import run_local, worker_argv
 from e2lmc.cli import main
 from e2lmc.errors import UserError
 
@@ -71,7 +71,11 @@ def test_scores_and_layout(tmp_path, bundle, input_data, monkeypatch):
     meta = yaml.safe_load((res / "metadata").read_text())
     assert meta["ingestionExitCode"] == 0 and meta["exitCode"] is None
     assert {"results.jsonl", "ingestion.json", "probe.json"} <= {p.name for p in res.iterdir()}
-    assert (app / "output" / "scores.json").is_file() and (app / "output" / "metadata").is_file()
+    assert (app / "output" / "scores.json").is_file()
+    # the scoring step's own metadata: the scoring program's exit code, no ingestion
+    scored = yaml.safe_load((app / "output" / "metadata").read_text())
+    assert scored["exitCode"] == 0 and scored["ingestionExitCode"] is None
+    assert scored["ingestionElapsedTime"] is None and scored["elapsedTime"] > 0
     # The submission was unzipped as-is (no flattening), then left out of the scoring step.
     done = result.workdir / "prediction"
     assert (done / "ingested_program" / "nested" / "task.yaml").is_file()
@@ -79,6 +83,9 @@ def test_scores_and_layout(tmp_path, bundle, input_data, monkeypatch):
     # a layout without signing keys gets one fresh key, the same for both steps
     key = (app / "input" / "ref" / "signing.key").read_text()
     assert (done / "input_data" / "signing.key").read_text() == key
+    # a manifest without a time budget gets the one that fits the 12-hour step limit
+    staged = yaml.safe_load((done / "input_data" / "manifest.yaml").read_text())
+    assert staged["defaults"]["time_budget_s"] == 43200 - 2160
 
     probe = json.loads((res / "probe.json").read_text())
     assert probe["argv"] == ["ingestion.py"]
@@ -107,11 +114,50 @@ def test_program_writing_metadata_fails_like_the_worker(tmp_path, bundle, input_
         run(tmp_path, bundle, input_data, mode="write_metadata")
 
 
-def test_time_limit_kills_the_step(tmp_path, bundle, input_data):
-    with pytest.raises(UserError, match="ingestion failed") as e:
+def test_time_limit_ends_the_run_without_scoring(tmp_path, bundle, input_data):
+    """As on the platform: the step's processes are killed, nothing is kept, the
+    submission fails and scoring never runs."""
+    with pytest.raises(UserError, match=r"prediction step: Execution Time Limit exceeded "
+                                        r"\(3 s; still running: ingestion\)") as e:
         run(tmp_path, bundle, input_data, mode="sleep", timeout=3)
-    err = (tmp_path / "work" / "logs" / "ingestion.stderr.txt").read_text()
-    assert "killed after 3" in err and "exit code None" in str(e.value)
+    assert "uploads nothing and marks the submission Failed; scoring does not run" in str(e.value)
+    logs = tmp_path / "work" / "logs"
+    assert "killed after 3" in (logs / "ingestion.stderr.txt").read_text()
+    assert not (logs / "scoring.stderr.txt").exists()
+    assert not (tmp_path / "work" / "app" / "output" / "metadata").exists()
+
+
+def test_submission_command_runs_only_in_a_container(tmp_path, bundle, input_data):
+    sub = tmp_path / "cmd.zip"
+    with zipfile.ZipFile(sub, "w") as zf:
+        zf.writestr("metadata.yaml", "task_name: t\ntask_metric: acc,none\n"
+                                     "command: python3 forge.py\n")
+    with pytest.raises(UserError, match="runs participant commands only in a container"):
+        run_local(sub, "e2lm", bundle=bundle, workdir=tmp_path / "w", input_data=input_data)
+    assert not (tmp_path / "w" / "logs" / "ingestion.stdout.txt").exists()
+
+
+def test_submission_without_metadata_is_copied_into_the_output(tmp_path, bundle, input_data):
+    """The worker copies a submission that has no metadata file into /app/output before
+    the ingestion starts (results-style submissions); the stand-in ingestion then fails
+    for want of metadata.yaml, and scoring reports it."""
+    sub = tmp_path / "bare.zip"
+    with zipfile.ZipFile(sub, "w") as zf:
+        zf.writestr("task.yaml", "task: demo_task\n")
+    with pytest.raises(UserError, match="ingestion failed"):
+        run_local(sub, "e2lm", bundle=bundle, workdir=tmp_path / "w", input_data=input_data)
+    res = tmp_path / "w" / "app" / "input" / "res"
+    assert (res / "task.yaml").read_text() == "task: demo_task\n"
+    assert yaml.safe_load((res / "metadata").read_text())["exitCode"] is None
+
+
+def test_commands_are_split_as_the_worker_splits_them():
+    assert worker_argv("python3 $program/score.py $input $output 'a b'", "program", True) == [
+        "python3", "/app/program/score.py", "/app/input", "/app/output", "a b"]
+    assert worker_argv("python3 ingest.py $input $predictions $submission_program $hidden",
+                       "ingestion", False) == [
+        "python3", "ingest.py", "/app/input_data", "/app/output", "/app/ingested_program",
+        "/app/input/ref"]
 
 
 def test_commands_run_without_a_shell(tmp_path, bundle, input_data):

@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bundle_standins import make_standin_bundle
 from e2lmc.bundle.worker import WORKER_CAP_DROP, run_local
@@ -91,7 +92,8 @@ def test_container_settings(tmp_path, fake_docker, monkeypatch):
         assert call["userns_mode"] == "host"
         assert "cap_add" not in call and "privileged" not in call
         assert call["working_dir"] == "/app/program"
-        assert call["environment"] == {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+        assert call["environment"] == {"PYTHONUNBUFFERED": "1", "http_proxy": "",
+                                       "https_proxy": "", "HF_HUB_OFFLINE": "1"}
         assert call["network_disabled"] is True and call["user"] == "1000:1000"
         (request,) = call["device_requests"]
         assert request["Count"] == -1 and request["Capabilities"] == [["gpu"]]
@@ -101,10 +103,37 @@ def test_container_settings(tmp_path, fake_docker, monkeypatch):
     assert set(binds) == {"/app/program", "/app/ingested_program", "/app/input_data",
                           "/app/output", "/app/data"}
     assert binds["/app/data"] == (str(data.resolve()), "ro")
-    assert binds["/app/output"][1] == "rw"
-    binds = {v["bind"]: mode for v in scoring["volumes"].values() for mode in [v["mode"]]}
-    assert set(binds) == {"/app/program", "/app/input", "/app/output", "/app/shared",
-                          "/app/data"}
+    # the worker's modes: "z" (read-write, SELinux label shared), "ro", else read-write
+    assert {k: m for k, (_, m) in binds.items()} == {
+        "/app/program": "z", "/app/output": "z", "/app/data": "ro",
+        "/app/ingested_program": "rw", "/app/input_data": "rw"}
+    binds = {v["bind"]: v["mode"] for v in scoring["volumes"].values()}
+    assert binds == {"/app/program": "z", "/app/output": "z", "/app/data": "ro",
+                     "/app/input": "rw", "/app/shared": "rw"}
+
+
+def test_submission_command_runs_beside_the_ingestion(tmp_path, fake_docker, monkeypatch):
+    """A submission's `command` gets its own container in the prediction step, mounted
+    as the worker mounts it; the worker's metadata then carries its exit code."""
+    monkeypatch.setenv("COMPETITION_CONTAINER_HTTP_PROXY", "http://proxy:3128")
+    bundle = make_standin_bundle(tmp_path / "bundle")
+    sub = tmp_path / "sub.zip"
+    with zipfile.ZipFile(sub, "w") as zf:
+        zf.writestr("metadata.yaml", "task_name: t\ncommand: python3 forge.py $output\n")
+    result = run_local(sub, "e2lm", bundle=bundle, docker_image="img", workdir=tmp_path / "w")
+    ingestion, program, scoring = fake_docker.created
+    assert program["command"] == ["python3", "forge.py", "/app/output"]
+    assert program["cap_drop"] == CODABENCH_CAP_DROP and program["working_dir"] == "/app/program"
+    assert program["environment"]["http_proxy"] == "http://proxy:3128"
+    binds = {v["bind"]: (Path(host), v["mode"]) for host, v in program["volumes"].items()}
+    shared = {v["bind"]: Path(host) for host, v in ingestion["volumes"].items()}
+    assert binds == {"/app/program": (shared["/app/ingested_program"], "z"),
+                     "/app/output": (shared["/app/output"], "z"),
+                     "/app/data": (shared["/app/data"], "ro"),
+                     "/app/input_data": (shared["/app/input_data"], "rw")}
+    meta = yaml.safe_load((result.workdir / "app" / "input" / "res" / "metadata").read_text())
+    assert meta["exitCode"] == 0 and meta["ingestionExitCode"] == 0
+    assert result.submission is not None and result.submission.name == "submission"
 
 
 def test_no_gpu_request_by_default(tmp_path, fake_docker):

@@ -5,7 +5,9 @@ exactly those parts (no caches), puts a copy of the e2lmc package into each prog
 (Codabench zips program folders on their own, so they cannot import from the repo),
 attaches `starting_kit/` to every phase when the repository has one, adds the judge key
 from the organizer's file to each task's reference data and one fresh signing key
-(e2lmc.signing) to every task's input and reference data, checks the result with
+(e2lmc.signing) to every task's input and reference data, writes the organizer's GPU
+queue (`--queue`) into competition.yaml and a time budget into any task manifest that has
+none (e2lmc.bundle.timing: what fits the phases' step limit), checks the result with
 `e2lmc bundle check`, and only then writes the zip (atomically).
 
 Keys never come from the repository: any judge or signing key file found there is left
@@ -26,6 +28,7 @@ from typing import Any
 import yaml
 
 from e2lmc import signing
+from e2lmc.bundle import timing
 from e2lmc.bundle.check import check_bundle_dir
 from e2lmc.bundle.layout import (COMPETITION_YAML, DATA_KEYS, STARTING_KIT, as_list,
                                  copy_clean, default_root, install_judge_key, judge_key_name,
@@ -66,8 +69,23 @@ def _install_signing_key(dest: Path, doc: dict[str, Any]) -> None:
         signing.write_key(dest / rel / signing.KEY_NAME, key)
 
 
-def stage_bundle(root: Path, dest: Path, judge_key_file: Path | None = None) -> dict[str, Any]:
-    """Lay out the bundle's contents in `dest` (an empty folder); returns the bundled YAML."""
+def _fill_time_budgets(dest: Path, doc: dict[str, Any]) -> None:
+    """A task manifest without `defaults.time_budget_s` gets the one that fits the
+    shortest step limit of its phases; a budget already set is left to `bundle check`."""
+    for task in as_list(doc.get("tasks")):
+        if not isinstance(task, dict) or not isinstance(task.get("input_data"), str):
+            continue
+        path = dest / task["input_data"] / timing.MANIFEST
+        limit = timing.task_limit(doc, task)
+        manifest = yaml.safe_load(path.read_text()) if path.is_file() and limit else None
+        if isinstance(manifest, dict) and timing.fill_budget(manifest, limit):
+            path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+
+
+def stage_bundle(root: Path, dest: Path, judge_key_file: Path | None = None,
+                 queue: str | None = None) -> dict[str, Any]:
+    """Lay out the bundle's contents in `dest` (an empty folder); returns the bundled YAML.
+    `queue` (a vhost) replaces competition.yaml's."""
     doc = load_competition(root)
     key_names = tuple(_key_files_in_repo(root, doc))
     for rel in referenced_paths(doc):
@@ -82,13 +100,19 @@ def stage_bundle(root: Path, dest: Path, judge_key_file: Path | None = None) -> 
     text = (root / COMPETITION_YAML).read_text()
     kit = root / STARTING_KIT
     phases = [p for p in as_list(doc.get("phases")) if isinstance(p, dict)]
+    changed = queue is not None
+    if queue is not None:
+        doc["queue"] = queue
     if kit.is_dir() and any("starting_kit" not in p for p in phases):
         copy_clean(kit, dest / STARTING_KIT, extra_ignore=key_names)
         for p in phases:
             p.setdefault("starting_kit", f"{STARTING_KIT}/")
+        changed = True
+    if changed:
         text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
     (dest / COMPETITION_YAML).write_text(text)
     _install_signing_key(dest, doc)
+    _fill_time_budgets(dest, doc)
 
     if judge_key_file is not None:
         refs = _reference_dirs(doc)
@@ -123,7 +147,8 @@ def write_zip(folder: Path, output: Path) -> Path:
 
 
 def build_bundle(output: str | Path, root: str | Path | None = None,
-                 judge_key_file: str | Path | None = None) -> Path:
+                 judge_key_file: str | Path | None = None, queue: str | None = None,
+                 allow_default_queue: bool = False) -> Path:
     """Build, check and write the upload zip; returns its path. Nothing is written when
     the staged bundle breaks a rule (the UserError lists the violations)."""
     root = Path(root) if root is not None else default_root()
@@ -132,8 +157,8 @@ def build_bundle(output: str | Path, root: str | Path | None = None,
     with tempfile.TemporaryDirectory(prefix="e2lmc-build-") as tmp:
         staged = Path(tmp) / "bundle"
         staged.mkdir()
-        stage_bundle(root, staged, key)
-        errors = check_bundle_dir(staged)
+        stage_bundle(root, staged, key, queue)
+        errors = check_bundle_dir(staged, allow_default_queue)
         if errors:
             raise UserError(f"{root / COMPETITION_YAML}: the bundle breaks "
                             f"{len(errors)} rule(s): " + " | ".join(errors))
@@ -142,7 +167,8 @@ def build_bundle(output: str | Path, root: str | Path | None = None,
 
 def cli_bundle_build(args: argparse.Namespace) -> int:
     path = build_bundle(args.output, root=getattr(args, "root", None),
-                        judge_key_file=args.judge_key_file)
+                        judge_key_file=args.judge_key_file, queue=getattr(args, "queue", None),
+                        allow_default_queue=getattr(args, "allow_default_queue", False))
     size_mb = path.stat().st_size / 1e6
     note = "with the judge key" if args.judge_key_file else (
         "without a judge key (pass --judge-key-file to enable the alignment judge)")

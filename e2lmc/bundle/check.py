@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from e2lmc import signing
+from e2lmc.bundle import timing
 from e2lmc.bundle.layout import (COMPETITION_YAML, DATA_KEYS, PROGRAM_KEYS, STARTING_KIT,
                                  as_list, load_competition, opened_bundle, package_dir,
                                  program_dirs)
@@ -41,6 +42,17 @@ SCORING_MODULE = ("e2lmc", "scoring", "program.py")
 WRITE_METHODS = {"write_text", "write_bytes", "touch"}
 COPY_FUNCS = {"copy", "copy2", "copyfile", "copytree", "move", "rename", "replace",
               "symlink", "symlink_to", "link", "hardlink_to"}
+# competition.yaml's stand-in for the GPU queue's vhost, which only the organizer knows.
+PLACEHOLDER_QUEUE = "SET-THE-VHOST-OF-YOUR-GPU-QUEUE"
+QUEUE_FIX = ("set the vhost of your GPU queue (Queue Management, View Queue Detail), or "
+             "pass it to `e2lmc bundle build --queue VHOST`")
+# What participants could download from a phase that does not hide it (the
+# SubmissionFilesSerializer returns these files to non-admins unless the phase hides them).
+HIDDEN_OUTPUTS = {
+    "hide_prediction_output": "the prediction output (the values at hidden checkpoints)",
+    "hide_score_output": "the scoring output (scores_details.json, the organizers' view "
+                         "with item text)",
+}
 
 
 def _parse_date(value: Any) -> dt.datetime | None:
@@ -60,8 +72,9 @@ def _parse_date(value: Any) -> dt.datetime | None:
 class Checker:
     """Collects violations as lines `WHERE: WHAT; FIX`."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, allow_default_queue: bool = False) -> None:
         self.root = root
+        self.allow_default_queue = allow_default_queue
         self.errors: list[str] = []
 
     def add(self, where: str, message: str) -> None:
@@ -108,17 +121,29 @@ class Checker:
             self.path(doc["image"], "image (logo)", want_dir=False)
         if "terms" in doc:
             self.nonempty_file(doc["terms"], "terms")
-        queue = doc.get("queue")
-        if queue is not None:
+        self.queue(doc.get("queue"))
+        docker_image = doc.get("docker_image")
+        if docker_image is not None and (not isinstance(docker_image, str)
+                                         or not docker_image.strip()):
+            self.add("docker_image", "must be an image name such as owner/name:tag")
+
+    def queue(self, queue: Any) -> None:
+        """A GPU queue's vhost. Without one Codabench runs submissions on its default
+        queue, which caps every step at 600 s whatever execution_time_limit says."""
+        if queue in (None, ""):
+            if not self.allow_default_queue:
+                self.add("queue", "missing: submissions would run on Codabench's default "
+                         f"queue, which kills every step after {timing.DEFAULT_QUEUE_LIMIT_S} s "
+                         f"whatever execution_time_limit says; {QUEUE_FIX} (a CPU demo "
+                         "competition may pass --allow-default-queue instead)")
+        elif queue == PLACEHOLDER_QUEUE:
+            self.add("queue", f"still the placeholder {PLACEHOLDER_QUEUE!r}; {QUEUE_FIX}")
+        else:
             try:
                 uuid.UUID(str(queue))
             except ValueError:
                 self.add("queue", f"{queue!r} is not a queue vhost (a UUID from Queue "
                          "Management, View Queue Detail); the queue's name does not work")
-        docker_image = doc.get("docker_image")
-        if docker_image is not None and (not isinstance(docker_image, str)
-                                         or not docker_image.strip()):
-            self.add("docker_image", "must be an image name such as owner/name:tag")
 
     def pages(self, doc: dict[str, Any]) -> None:
         pages = doc.get("pages")
@@ -255,6 +280,35 @@ class Checker:
             for key in ("starting_kit", "public_data"):
                 if key in phase:
                     self.path(phase[key], f"{where}.{key}")
+            self.visibility(phase, where)
+
+    def visibility(self, phase: dict[str, Any], where: str) -> None:
+        """Logs shown (the programs never print a hidden value), raw outputs hidden."""
+        if phase.get("hide_output"):
+            self.add(where, "`hide_output: true` hides the logs too: participants then see "
+                     "only an exit code, never why their submission failed; set it to false "
+                     "and hide the outputs with hide_prediction_output / hide_score_output")
+        for key, what in HIDDEN_OUTPUTS.items():
+            if phase.get(key) is not True:
+                self.add(where, f"`{key}` must be true: otherwise participants can "
+                         f"download {what}")
+
+    def time_budgets(self, doc: dict[str, Any]) -> None:
+        """Each task's ingestion budget (its manifest's defaults.time_budget_s) ends the
+        run inside the shortest step limit of its phases, with a margin."""
+        for i, task in enumerate(as_list(doc.get("tasks"))):
+            if not isinstance(task, dict) or not isinstance(task.get("input_data"), str):
+                continue
+            has_manifest, budget = timing.manifest_budget(self.root / task["input_data"])
+            limit = timing.task_limit(doc, task)
+            problem = timing.budget_problem(budget, limit) if has_manifest and limit else None
+            if problem:
+                capped = "" if doc.get("queue") else (
+                    f" (without a `queue` every step is capped at "
+                    f"{timing.DEFAULT_QUEUE_LIMIT_S} s)")
+                rel = task["input_data"].rstrip("/")
+                self.add(f"tasks[{i}] ({task.get('name', task.get('index'))}).input_data",
+                         f"{rel}/{timing.MANIFEST}: {problem}{capped}")
 
     def leaderboards(self, doc: dict[str, Any]) -> list[str]:
         """Checks the leaderboards; returns the first one's plain (non-computed) column keys."""
@@ -530,10 +584,10 @@ def _key_files(path: Path) -> list[str]:
     return []
 
 
-def check_bundle_dir(root: Path) -> list[str]:
+def check_bundle_dir(root: Path, allow_default_queue: bool = False) -> list[str]:
     """Every violation found in an unpacked bundle, one line each (empty: the bundle is OK)."""
     doc = load_competition(root)
-    checker = Checker(root)
+    checker = Checker(root, allow_default_queue)
     checker.top_level(doc)
     checker.pages(doc)
     task_indexes = checker.tasks(doc)
@@ -543,18 +597,19 @@ def check_bundle_dir(root: Path) -> list[str]:
     for rel in program_dirs(doc):
         checker.program(rel)
     checker.signing_keys(doc)
+    checker.time_budgets(doc)
     checker.score_keys(doc, column_keys)
     return checker.errors
 
 
-def check_bundle(path: str | Path) -> list[str]:
+def check_bundle(path: str | Path, allow_default_queue: bool = False) -> list[str]:
     """`check_bundle_dir` for a bundle zip or folder."""
     with opened_bundle(path) as root:
-        return check_bundle_dir(root)
+        return check_bundle_dir(root, allow_default_queue)
 
 
 def cli_bundle_check(args: argparse.Namespace) -> int:
-    errors = check_bundle(args.bundle)
+    errors = check_bundle(args.bundle, getattr(args, "allow_default_queue", False))
     if errors:
         for line in errors:
             print(line, file=sys.stderr)

@@ -33,9 +33,10 @@ def resolve_dtype(dtype: str, device: str) -> str:
 
 
 def make_lm(engine: str, checkpoint: Checkpoint, *, device: str = "auto", dtype: str = "auto",
-            max_length: int = 2048, batch_tokens: int = 65536,
+            max_length: int = 2048, batch_tokens: int = 65536, hf_batch_size: int = 1,
             shared: dict[str, Any] | None = None):
-    """Load one checkpoint behind the chosen engine."""
+    """Load one checkpoint behind the chosen engine (`batch_tokens` bounds the fast
+    engine's batches, `hf_batch_size` the stock engine's)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one progress line per checkpoint is ours to print
@@ -45,7 +46,7 @@ def make_lm(engine: str, checkpoint: Checkpoint, *, device: str = "auto", dtype:
         from e2lmc.engine.hf import load_hflm
 
         return load_hflm(checkpoint, device=device, dtype=dtype, max_length=max_length,
-                         batch_tokens=batch_tokens)
+                         batch_size=hf_batch_size)
     if engine == "fast":
         from e2lmc.engine.fast import FastLM
 

@@ -261,25 +261,12 @@ class FastLM(LM):
         dev = self._device
         n, width = len(rows), max(len(r) for r in rows)
         ids = np.full((n, width), self.tokenizer.pad_token_id or 0, dtype=np.int64)
-        depth = np.zeros((n, width), dtype=np.int64)
-        lo = np.tile(np.arange(width), (n, 1))
-        hi = lo + 1  # padding sees only itself (keeps its activations finite)
         for b, r in enumerate(rows):
-            k = len(r)
-            ids[b, :k], depth[b, :k], lo[b, :k], hi[b, :k] = r.tokens, r.depth, r.lo, r.hi
-        q = torch.arange(width, device=dev)[None, :, None]
-        lo_t = torch.from_numpy(lo).to(dev)[:, None, :]
-        hi_t = torch.from_numpy(hi).to(dev)[:, None, :]
-        allowed = (q >= lo_t) & (q < hi_t)  # [n, query, key]
-        if past_len:
-            allowed = torch.cat([allowed.new_ones(n, width, past_len), allowed], dim=2)
-        allowed = allowed[:, None]
-        if self._sdpa:
-            mask = allowed
+            ids[b, :len(r)] = r.tokens
+        if past is None and all(r.causal for r in rows):
+            mask = positions = None  # right-padded causal rows: the model's own causal mask
         else:
-            dtype = self.model.dtype
-            mask = torch.zeros(allowed.shape, dtype=dtype, device=dev)
-            mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+            mask, positions = self._tree_mask(rows, width, past_len)
         need_cache = any(r.prefixes for r in rows)
         cache = None
         if past is not None or need_cache:
@@ -290,8 +277,8 @@ class FastLM(LM):
             cache = DynamicCache(data, config=self.model.config) if data is not None \
                 else DynamicCache(config=self.model.config)
         out = self._base(input_ids=torch.from_numpy(ids).to(dev), attention_mask=mask,
-                         position_ids=torch.from_numpy(depth).to(dev),
-                         use_cache=cache is not None, **{self._cache_kw: cache})
+                         position_ids=positions, use_cache=cache is not None,
+                         **{self._cache_kw: cache})
         hidden = out.last_hidden_state
         real = sum(len(r) for r in rows)
         self.counters["tokens_forwarded"] += real
@@ -307,6 +294,33 @@ class FastLM(LM):
                                    _join(None if past is None else past[i][1], v[b:b + 1, :, s]))
                                   for i, (k, v) in enumerate(layers)]
         return kept
+
+    def _tree_mask(self, rows: list[Row], width: int, past_len: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(4-D attention mask, position ids) letting each column see exactly its
+        ancestors in the row and the whole cached prefix; padding sees only itself."""
+        dev = self._device
+        n = len(rows)
+        depth = np.zeros((n, width), dtype=np.int64)
+        lo = np.tile(np.arange(width), (n, 1))
+        hi = lo + 1  # padding sees only itself (keeps its activations finite)
+        for b, r in enumerate(rows):
+            k = len(r)
+            depth[b, :k], lo[b, :k], hi[b, :k] = r.depth, r.lo, r.hi
+        q = torch.arange(width, device=dev)[None, :, None]
+        lo_t = torch.from_numpy(lo).to(dev)[:, None, :]
+        hi_t = torch.from_numpy(hi).to(dev)[:, None, :]
+        allowed = (q >= lo_t) & (q < hi_t)  # [n, query, key]
+        if past_len:
+            allowed = torch.cat([allowed.new_ones(n, width, past_len), allowed], dim=2)
+        allowed = allowed[:, None]
+        positions = torch.from_numpy(depth).to(dev)
+        if self._sdpa:
+            return allowed, positions
+        dtype = self.model.dtype
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=dev)
+        mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+        return mask, positions
 
     def _score_rows(self, rows: list[Row], hidden: torch.Tensor, width: int,
                     logp: np.ndarray, greedy: np.ndarray) -> None:

@@ -4,14 +4,18 @@ Same steps as lm-eval 0.4.13's HFLM: requests grouped by their generation kwargs
 EOS text added to the stop sequences, contexts left-truncated to `max_length -
 max_gen_toks` and left-padded, transformers' `generate` with lm-eval's stop-sequence
 criteria, and the decoded text cut at the first stop sequence. Contexts are tokenized once
-per submission (cached with the loglikelihood encodings).
+per submission (cached with the loglikelihood encodings). The prefix that all contexts of
+a batch share (a few-shot prefix) is forwarded once and its key/value cache handed to
+`generate`; each row's rest is left-padded after it.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import TYPE_CHECKING, Any, Sequence
 
+import numpy as np
 import torch
 
 from e2lmc.engine import tokcache
@@ -19,24 +23,18 @@ from e2lmc.engine import tokcache
 if TYPE_CHECKING:
     from e2lmc.engine.fast import FastLM
 
+MIN_SHARED = 16  # a shorter prefix shared by a batch's contexts stays in every row
+
 
 def generate_until(lm: "FastLM", args: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
-    from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
-
     out: list[str | None] = [None] * len(args)
     groups: dict[str, list[int]] = {}
     for i, (_, kw) in enumerate(args):
         groups.setdefault(json.dumps(kw, sort_keys=True, default=str), []).append(i)
-    eos = lm.tokenizer.decode(lm.eot_token_id, skip_special_tokens=False)
     bos = lm.tokenizer.bos_token
-    for idx in groups.values():
-        kwargs = dict(normalize_gen_kwargs(args[idx[0]][1], lm.max_gen_toks))
-        until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
-        max_gen = int(kwargs.pop("max_gen_toks"))
+    settings = [_settings(lm, args[idx[0]][1]) for idx in groups.values()]  # refuse first
+    for idx, (kwargs, until, max_gen) in zip(groups.values(), settings):
         max_ctx = lm.max_length - max_gen
-        if max_ctx <= 0:
-            raise ValueError(f"max_gen_toks ({max_gen}) must be below the model's maximum "
-                             f"length ({lm.max_length})")
         contexts = [args[i][0] for i in idx]
         key = ("gen", tokcache.requests_digest("gen", [(c,) for c in contexts]), max_ctx)
         encs = lm._cache.get(key)
@@ -54,6 +52,24 @@ def generate_until(lm: "FastLM", args: Sequence[tuple[str, dict[str, Any]]]) -> 
                 out[idx[k]] = t
             batch = [j] if j is not None else []
     return [o if o is not None else "" for o in out]
+
+
+def _settings(lm: "FastLM", gen_kwargs: Any) -> tuple[dict[str, Any], list[str], int]:
+    """(generate kwargs, stop sequences, max new tokens) of one group, refusing what HFLM
+    asserts against with the same exception type (AssertionError)."""
+    from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
+
+    if not isinstance(gen_kwargs, dict):
+        raise AssertionError(f"Expected `kwargs` to be of type `dict` but got {type(gen_kwargs)}")
+    kwargs = dict(normalize_gen_kwargs(gen_kwargs, lm.max_gen_toks))
+    eos = lm.tokenizer.decode(lm.eot_token_id, skip_special_tokens=False)
+    until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
+    max_gen = int(kwargs.pop("max_gen_toks"))
+    if lm.max_length - max_gen <= 0:
+        raise AssertionError(f"Invalid configuration: requested max tokens to generate "
+                             f"({max_gen}) must be less than model's maximum sequence length "
+                             f"({lm.max_length}).")
+    return kwargs, until, max_gen
 
 
 def _encode_contexts(lm: "FastLM", contexts: list[str], bos: str | None,
@@ -83,14 +99,12 @@ def _generate_batch(lm: "FastLM", encs: list[list[int]], until: list[str], max_g
     from lm_eval.models.utils import postprocess_generated_text
     from lm_eval.models.utils_hf import stop_sequences_criteria
 
-    width = max(len(e) for e in encs)
-    pad = lm.tokenizer.pad_token_id
-    ids = torch.full((len(encs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(encs), width), dtype=torch.long)
-    for b, e in enumerate(encs):
-        ids[b, width - len(e):] = torch.tensor(e, dtype=torch.long)
-        mask[b, width - len(e):] = 1
+    shared = _shared_len(encs) if _positions_from_mask(lm.model) else 0
+    ids, mask = _inputs(encs, shared, lm.tokenizer.pad_token_id)
+    width = ids.shape[1]
     ids, mask = ids.to(lm._device), mask.to(lm._device)
+    if shared:
+        kwargs[lm._cache_kw] = _prefix_cache(lm, ids[0, :shared], len(encs))
     kwargs["temperature"] = kwargs.get("temperature", 0.0)
     do_sample = kwargs.get("do_sample")
     if kwargs["temperature"] == 0.0 and do_sample is None:
@@ -100,15 +114,64 @@ def _generate_batch(lm: "FastLM", encs: list[list[int]], until: list[str], max_g
     max_length = kwargs.pop("max_length", width + max_gen)
     stopping = stop_sequences_criteria(lm.tokenizer, until, width, len(encs))
     gen = lm.model.generate(input_ids=ids, attention_mask=mask, max_length=max_length,
-                            stopping_criteria=stopping, pad_token_id=pad, use_cache=True,
-                            **kwargs)
-    tokens = int(mask.sum()) + (gen.shape[1] - width) * len(encs)
-    lm.counters["tokens_forwarded"] += tokens
-    lm.counters["unique_tokens"] += tokens  # generation shares nothing
-    lm.counters["tokens_requested"] += tokens
+                            stopping_criteria=stopping, pad_token_id=lm.tokenizer.pad_token_id,
+                            use_cache=True, **kwargs)
+    new_tokens = (gen.shape[1] - width) * len(encs)
+    requested = sum(len(e) for e in encs) + new_tokens
+    lm.counters["tokens_forwarded"] += requested - shared * (len(encs) - 1)
+    lm.counters["unique_tokens"] += requested - shared * (len(encs) - 1)
+    lm.counters["tokens_requested"] += requested
     lm.counters["requests"] += len(encs)
     texts = []
     for row in gen.tolist():
         s = lm.tokenizer.decode(row[width:], skip_special_tokens=True)
         texts.append(postprocess_generated_text(generation=s, stop=until, think_end_token=None))
     return texts
+
+
+def _shared_len(encs: list[list[int]]) -> int:
+    """How many leading tokens every context of the batch shares (its few-shot prefix),
+    leaving each context at least its last token, which must be in the rows."""
+    first = np.asarray(encs[0])
+    n = min(len(e) for e in encs) - 1
+    for e in encs[1:]:
+        if n < MIN_SHARED:
+            break
+        diff = np.flatnonzero(first[:n] != np.asarray(e[:n]))
+        n = int(diff[0]) if len(diff) else n
+    return n if n >= MIN_SHARED else 0
+
+
+def _positions_from_mask(model: Any) -> bool:
+    """Whether generate counts position ids from the attention mask (it does for models
+    whose forward takes them): the padding gap after a shared prefix needs it."""
+    return "position_ids" in inspect.signature(model.forward).parameters
+
+
+def _inputs(encs: list[list[int]], shared: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input ids and attention mask: the shared prefix, then each row's rest left-padded.
+
+    Position ids follow the mask (transformers' generate counts them from it), so every
+    token sits where it would in its own unpadded sequence, as in HFLM's left padding."""
+    width = max(len(e) for e in encs)
+    ids = torch.full((len(encs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(encs), width), dtype=torch.long)
+    for b, e in enumerate(encs):
+        rest = len(e) - shared
+        ids[b, :shared] = torch.tensor(e[:shared], dtype=torch.long)
+        ids[b, width - rest:] = torch.tensor(e[shared:], dtype=torch.long)
+        mask[b, :shared] = 1
+        mask[b, width - rest:] = 1
+    return ids, mask
+
+
+def _prefix_cache(lm: "FastLM", prefix: torch.Tensor, n: int) -> Any:
+    """The shared prefix's key/value cache: forwarded once, then seen by all n rows."""
+    from transformers import DynamicCache
+
+    from e2lmc.engine.fast import _cache_tensors
+
+    cache = DynamicCache(config=lm.model.config)
+    lm._base(input_ids=prefix[None], use_cache=True, **{lm._cache_kw: cache})
+    rows = [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in _cache_tensors(cache)]
+    return DynamicCache(rows, config=lm.model.config)

@@ -10,12 +10,13 @@ from e2lmc.manifest import Checkpoint
 
 
 def load_hflm(checkpoint: Checkpoint, device: str, dtype: str, max_length: int = 2048,
-              batch_tokens: int = 65536):
+              batch_size: int = 1):
     """One checkpoint as an lm-eval `HFLM`.
 
     Hub sources load `OWNER/REPO` with the checkpoint's `subfolder` (weights and tokenizer);
-    local sources load the directory (already joined with its subfolder). The batch holds
-    about `batch_tokens` tokens of `max_length`-long sequences.
+    local sources load the directory (already joined with its subfolder). `batch_size` is
+    the manifest's `hf_batch_size`: 1, the lm_eval CLI's default, gives the CLI's numbers
+    to the bit; a larger batch pads and moves log-likelihoods by about 1e-6.
     """
     from lm_eval.models.huggingface import HFLM
 
@@ -26,7 +27,6 @@ def load_hflm(checkpoint: Checkpoint, device: str, dtype: str, max_length: int =
         if not (Path(pretrained) / "config.json").is_file():
             raise UserError(f"checkpoint {checkpoint.key}: no config.json in {pretrained}; "
                             "point the manifest at a saved Hugging Face model folder")
-    batch_size = max(1, int(batch_tokens) // max(1, int(max_length)))
     return HFLM(pretrained=pretrained, subfolder=subfolder or "", device=device, dtype=dtype,
-                max_length=int(max_length), batch_size=batch_size, max_batch_size=batch_size,
+                max_length=int(max_length), batch_size=int(batch_size),
                 trust_remote_code=False)

@@ -90,34 +90,41 @@ class Encoder:
         """(context, continuation) -> (context ids, continuation ids), as TemplateLM does.
 
         A context shared by several continuations is encoded once and its id list object
-        shared, which the planner exploits."""
-        split: list[tuple[str, str]] = []
-        for ctx, cont in pairs:
-            n = len(ctx) - len(ctx.rstrip())
-            if n and ctx.strip():
-                ctx, cont = ctx[:-n], ctx[-n:] + cont
-            split.append((ctx, cont))
-        contexts = sorted({c for c, _ in split if c})
+        shared, which the planner exploits. Like `TemplateLM._encode_pair`, a context made
+        only of whitespace moves all of it to the continuation and is encoded as "" (no
+        tokens unless the tokenizer adds BOS), which HFLM then refuses; only a truly empty
+        context is replaced by the prefix token."""
+        split = [_move_trailing_space(ctx, cont) for ctx, cont in pairs]
+        contexts = sorted({c for c, _, empty in split if not empty})
         ctx_ids = dict(zip(contexts, self.encode_many(contexts)))
-        wholes = sorted({c + x for c, x in split if c})
+        wholes = sorted({c + x for c, x, empty in split if not empty})
         whole_ids = dict(zip(wholes, self.encode_many(wholes)))
-        empties = [x for c, x in split if not c]
+        empties = sorted({x for _, x, empty in split if empty})
         empty_ids = dict(zip(empties, self.encode_many(empties, add_special_tokens=False)))
         out: list[Pair] = []
-        for ctx, cont in split:
-            if ctx:
+        for ctx, cont, empty in split:
+            if not empty:
                 c = ctx_ids[ctx]
                 out.append((c, whole_ids[ctx + cont][len(c):]))
                 continue
             cont_enc = empty_ids[cont]
-            if not cont_enc:
-                raise ValueError("a loglikelihood request has an empty context and an "
+            if not cont_enc:  # HFLM fails on `continuation_enc[0]` here
+                raise IndexError("a loglikelihood request has an empty context and an "
                                  "empty continuation; nothing to score")
             if cont_enc[0] != self.prefix_token_id:
                 out.append(([self.prefix_token_id], cont_enc))
             else:
                 out.append((cont_enc[:1], cont_enc[1:]))
         return out
+
+
+def _move_trailing_space(ctx: str, cont: str) -> tuple[str, str, bool]:
+    """(context, continuation, context was empty): trailing context whitespace moved to
+    the continuation, as `TemplateLM._encode_pair` does for every non-empty context."""
+    if not ctx:
+        return ctx, cont, True
+    n = len(ctx) - len(ctx.rstrip())
+    return (ctx[:-n], ctx[-n:] + cont, False) if n else (ctx, cont, False)
 
 
 def cache_for(shared: dict[str, Any], tok_hash: str) -> dict[str, Any]:

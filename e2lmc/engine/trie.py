@@ -9,7 +9,11 @@ edge): a token shared by many requests is one node. The tree is cut into *items*
   *unit*, forwarded whole;
 - a larger subtree contributes only its own edge, a *prefix*, whose key/value cache is
   kept and reused by every item below it (the few-shot prefix of a task, a long document
-  context shared by its answer choices).
+  context shared by its answer choices);
+- a single path longer than a row below a short prefix is a *chain*: it is forwarded
+  from the root with that prefix again in front (the BOS of a rolling window), because a
+  row that is one causal sequence needs no attention mask, which attention kernels run
+  much faster than the same row behind a cache and a mask.
 
 Items with the same prefix above them are packed side by side into rows; a tree-shaped
 attention mask lets each token see exactly its own ancestors, and position ids are tree
@@ -25,6 +29,8 @@ from typing import Sequence
 import numpy as np
 
 ROOT = 0
+INLINE_SHARE = 4  # a chain re-forwards a cached prefix of at most 1/4 of its own length
+PAD_SHARE = 8  # a row is padded by at most 1/8 of its batch's width
 
 
 @dataclass
@@ -43,6 +49,7 @@ class Row:
     entry_target: np.ndarray  # per score entry: the token whose log-prob is scored
     entry_ids: np.ndarray  # per score entry: global entry index
     prefixes: list[tuple[int, int, int]]  # (node, column, length): caches to keep
+    causal: bool = False  # one path, each column seeing all before it: no mask needed
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -62,10 +69,11 @@ class Plan:
     entry_request: np.ndarray  # per score entry: the request it belongs to
     groups: dict[int, list[Wave]]  # cached prefix node (ROOT = none) -> its waves
     node_end: np.ndarray  # depth after each node's edge = its cached length
-    unique_tokens: int  # tokens in the tree = tokens forwarded without padding
+    unique_tokens: int  # tokens in the tree
     requested_tokens: int  # input tokens summed over requests (no sharing)
     row_tokens: int
     padded_tokens: int = 0
+    inlined_tokens: int = 0  # cached-prefix tokens forwarded again in front of chains
     stats: dict[str, int] = field(default_factory=dict)
 
 
@@ -153,11 +161,7 @@ def build_plan(requests: Sequence[tuple[Sequence[int], Sequence[int]]], max_leng
     conts: list[int] = []
     as_array: dict[int, tuple[Sequence[int], np.ndarray]] = {}  # choices share a context
     for ctx, cont in requests:
-        if not len(ctx) or not len(cont):
-            raise ValueError("every request needs a non-empty context and continuation")
-        if len(cont) > max_length:
-            raise ValueError(f"a continuation of {len(cont)} tokens exceeds the model's "
-                             f"maximum length {max_length}")
+        check_request(ctx, cont, max_length)
         hit = as_array.get(id(ctx))
         if hit is None or hit[0] is not ctx:
             hit = as_array[id(ctx)] = (ctx, np.asarray(ctx, dtype=np.int32))
@@ -204,11 +208,13 @@ def build_plan(requests: Sequence[tuple[Sequence[int], Sequence[int]]], max_leng
     todo = [(c, ROOT) for c in reversed(tree.children[ROOT])]
     while todo:
         node, past = todo.pop()
-        if size[node] <= row_cap or not tree.children[node]:
-            items.setdefault(past, []).append(("unit", node, size[node]))
-        else:
+        if size[node] > row_cap and tree.children[node]:
             items.setdefault(past, []).append(("prefix", node, tree.end[node] - tree.start[node]))
             todo.extend((c, node) for c in reversed(tree.children[node]))
+        elif _as_chain(tree, node, past, size[node], row_cap):
+            items.setdefault(ROOT, []).append(("chain", node, tree.end[node]))
+        else:
+            items.setdefault(past, []).append(("unit", node, size[node]))
 
     plan = Plan(n_requests=len(seqs), entry_request=np.asarray(e_req, dtype=np.int64),
                 groups={}, node_end=end, unique_tokens=int(sum(end - start)),
@@ -221,7 +227,7 @@ def build_plan(requests: Sequence[tuple[Sequence[int], Sequence[int]]], max_leng
     for past, group in items.items():
         waves: list[Wave] = []
         # prefixes split into waves so at most ~kv_tokens of cache is held at once
-        units = [it for it in group if it[0] == "unit"]
+        units = [it for it in group if it[0] != "prefix"]
         prefixes = [it for it in group if it[0] == "prefix"]
         chunks: list[list[tuple[str, int, int]]] = []
         held = 0
@@ -241,16 +247,41 @@ def build_plan(requests: Sequence[tuple[Sequence[int], Sequence[int]]], max_leng
         for chunk in chunks:
             rows = [_layout(tree, row_items, entries_by_node, e_pos_arr, e_tgt_arr,
                             node_of, depth_of) for row_items in _pack(chunk, row_cap)]
-            rows.sort(key=len, reverse=True)
+            rows.sort(key=lambda r: (r.causal, len(r)), reverse=True)
             batches = _batch(rows, past_len, batch_tokens)
             plan.padded_tokens += sum(len(b[0]) * len(b) - sum(len(r) for r in b)
                                       for b in batches)
             waves.append(Wave(batches=batches,
                               prefix_nodes=[it[1] for it in chunk if it[0] == "prefix"]))
         plan.groups[past] = waves
+    plan.inlined_tokens = sum(tree.start[it[1]] for it in items.get(ROOT, ())
+                              if it[0] == "chain")
     plan.stats = {"nodes": n_nodes - 1, "positions": len(pos_node), "entries": len(e_req),
                   "groups": len(plan.groups)}
     return plan
+
+
+def _as_chain(tree: _Tree, node: int, past: int, size: int, row_cap: int) -> bool:
+    """Whether a unit is better forwarded from the root, its cached prefix re-forwarded in
+    its own row: a single path longer than a row under a prefix of at most 1/INLINE_SHARE
+    of it (the BOS of a rolling window). Such a row is plainly causal, and attention
+    kernels run a causal row much faster than the same row behind a cache and a mask."""
+    return (past != ROOT and not tree.children[node] and size > row_cap
+            and tree.start[node] * INLINE_SHARE <= size)
+
+
+def check_request(ctx: Sequence[int], cont: Sequence[int], max_length: int) -> None:
+    """Refuse what HFLM._loglikelihood_tokens asserts against, with the same exception
+    type (AssertionError), so a request fails alike on either engine, before any work."""
+    if not len(ctx):
+        raise AssertionError("a loglikelihood request's context encodes to no tokens (an "
+                             "empty or whitespace-only context); HFLM refuses it")
+    if not len(cont):
+        raise AssertionError("a loglikelihood request's continuation encodes to no tokens; "
+                             "HFLM refuses it")
+    if len(cont) > max_length:
+        raise AssertionError(f"a continuation of {len(cont)} tokens exceeds the model's "
+                             f"maximum length {max_length}; HFLM refuses it")
 
 
 def _pack(items: list[tuple[str, int, int]], cap: int) -> list[list[tuple[str, int, int]]]:
@@ -274,11 +305,16 @@ def _pack(items: list[tuple[str, int, int]], cap: int) -> list[list[tuple[str, i
 
 
 def _batch(rows: list[Row], past_len: int, batch_tokens: int) -> list[list[Row]]:
-    """Length-sorted rows, grouped so rows x (padded length + cached prefix) fits."""
+    """Length-sorted rows, grouped so rows x (padded length + cached prefix) fits; causal
+    rows are never batched with masked ones, so a causal batch needs no mask, and a row
+    padded by more than 1/PAD_SHARE of the batch width starts a new batch."""
     batches: list[list[Row]] = []
     for row in rows:
-        if batches and (len(batches[-1]) + 1) * (len(batches[-1][0]) + past_len) <= batch_tokens:
-            batches[-1].append(row)
+        last = batches[-1] if batches else None
+        if (last and last[0].causal == row.causal
+                and (len(last[0]) - len(row)) * PAD_SHARE <= len(last[0])
+                and (len(last) + 1) * (len(last[0]) + past_len) <= batch_tokens):
+            last.append(row)
         else:
             batches.append([row])
     return batches
@@ -294,6 +330,10 @@ def _layout(tree: _Tree, row_items: list[tuple[str, int, int]],
     for kind, node, _ in row_items:
         nodes = tree.preorder(node) if kind == "unit" else [node]
         first = col
+        lead = tree.start[node] if kind == "chain" else 0  # its path, scored elsewhere
+        toks.append(tree.seqs[tree.src[node]][:lead])
+        depth.append(np.arange(lead, dtype=np.int64))
+        col += lead
         for n in nodes:
             node_col[n] = col
             t = tree.tokens(n)
@@ -303,6 +343,8 @@ def _layout(tree: _Tree, row_items: list[tuple[str, int, int]],
         # subtree end column of every node: preorder lays subtrees out contiguously
         sub_end = _subtree_end_cols(tree, nodes, node_col) if kind == "unit" \
             else {node: col}
+        lo.append(np.arange(first, first + lead, dtype=np.int64))
+        hi.append(np.full(lead, col, dtype=np.int64))
         for n in nodes:
             c0 = node_col[n]
             k = tree.end[n] - tree.start[n]
@@ -320,11 +362,12 @@ def _layout(tree: _Tree, row_items: list[tuple[str, int, int]],
         want_cols, entry_want = np.unique(cols, return_inverse=True)
     else:
         want_cols = entry_want = np.zeros(0, dtype=np.int64)
-    return Row(tokens=np.concatenate(toks), depth=np.concatenate(depth),
-               lo=np.concatenate(lo), hi=np.concatenate(hi),
+    lo_all, hi_all = np.concatenate(lo), np.concatenate(hi)
+    return Row(tokens=np.concatenate(toks), depth=np.concatenate(depth), lo=lo_all, hi=hi_all,
                want_cols=want_cols.astype(np.int64), entry_want=entry_want.astype(np.int64),
                entry_target=e_tgt[ents_arr] if len(ents_arr) else ents_arr,
-               entry_ids=ents_arr, prefixes=prefixes)
+               entry_ids=ents_arr, prefixes=prefixes,
+               causal=bool((lo_all == np.arange(col)).all() and (hi_all == col).all()))
 
 
 def _subtree_end_cols(tree: _Tree, nodes: list[int], node_col: dict[int, int]) -> dict[int, int]:

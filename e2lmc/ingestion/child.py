@@ -18,6 +18,7 @@ checkpoint it scores: it receives answers only.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -26,11 +27,13 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from e2lmc.ingestion import sandbox, wire
+from e2lmc.ingestion import cli_parity, sandbox, wire
 from e2lmc.ingestion.items import task_items
+from e2lmc.ingestion.prefetch import hub_key
 from e2lmc.ingestion.replies import SUPPORTED_OUTPUT_TYPES
 
 PACKAGED_BUILDERS = {"json", "csv", "parquet", "arrow", "text", "pandas"}
+KEYS_BOOTSTRAP_ITERS = 10  # the dry run only needs the stderr keys, not their values
 
 
 class TaskError(Exception):
@@ -42,8 +45,11 @@ class TaskError(Exception):
 
 
 # --------------------------------------------------------------------------- lm-eval guards
-def _install_guards(root: Path, allow_network: bool) -> None:
-    """Refuse hub metrics and hub datasets; resolve data paths against each task's YAML."""
+def _install_guards(root: Path, allow_network: bool,
+                    hub: dict[str, dict[str, str]] | None = None) -> None:
+    """Refuse hub metrics; read hub datasets from the folders the runner fetched them to
+    (`hub`: per dataset config, its folder or why it has none); resolve data paths
+    against each task's YAML."""
     sys.modules["evaluate"] = None  # type: ignore[assignment]  # no hub metric downloads
     import lm_eval.api.registry as registry
     import lm_eval.api.task as task_mod
@@ -74,12 +80,21 @@ def _install_guards(root: Path, allow_network: bool) -> None:
                 pass
             elif local is not None and local.exists():
                 self.DATASET_PATH = str(_inside(local, root, name))
-            elif not allow_network:
-                raise TaskError("hub_dataset",
-                                f"task {name}: dataset_path {path!r} is on the Hugging Face "
-                                "hub, which this evaluation does not reach; bundle your data "
-                                "with the submission (dataset_path: json, dataset_kwargs: "
-                                "{data_files: {test: data/test.jsonl}})")
+            else:
+                fetched = (hub or {}).get(hub_key(path, self.DATASET_NAME, kw.get("revision")))
+                if fetched and "dir" in fetched:  # data_files stay relative to the repo
+                    self.DATASET_PATH = fetched["dir"]
+                    kw.pop("revision", None)
+                    return original(self, dataset_kwargs=kw, **kwargs)
+                if not allow_network:
+                    raise TaskError("hub_dataset", fetched["error"] if fetched else
+                                    f"task {name}: dataset_path {path!r} (dataset_name "
+                                    f"{self.DATASET_NAME!r}) is on the Hugging Face hub, but "
+                                    "no task YAML of the submission names it, so it was not "
+                                    "fetched before the run; write dataset_path, dataset_name "
+                                    "and dataset_kwargs.revision in the task's YAML, or bundle "
+                                    "your data with the submission (dataset_path: json, "
+                                    "dataset_kwargs: {data_files: {test: data/test.jsonl}})")
             for key in ("data_files", "data_dir"):
                 if key in kw:
                     kw[key] = _resolve_files(kw[key], base, root, name, allow_network)
@@ -146,7 +161,8 @@ class Session:
 
         self.cfg = cfg
         root = Path(cfg["tasks_dir"]).resolve()
-        _install_guards(root, bool(cfg.get("allow_network")))
+        _install_guards(root, bool(cfg.get("allow_network")), cfg.get("hub_datasets"))
+        cli_parity.use_forked_bootstrap()
         self.task_name = cfg["task_name"]
         tm = TaskManager(include_path=str(root), include_defaults=False)
         if self.task_name not in tm.all_tasks:
@@ -155,6 +171,7 @@ class Session:
                             f"task or group {self.task_name!r} is not defined by the "
                             f"submission (found: {known}); set task_name in metadata.yaml "
                             "to one of them")
+        cli_parity.seed_globals()  # as simple_evaluate does before it loads the tasks
         try:
             self.loaded = tm.load([self.task_name])
         except (TaskError, MemoryError):
@@ -217,6 +234,8 @@ class Session:
                 inst._e2lmc_idx = keys[key]
                 per_doc.setdefault(int(inst.doc_id), []).append(keys[key])
             task.build_all_requests = _reuse(task)
+        # where the CLI hands the requests to the model: every evaluation starts from here
+        self.start_state = cli_parity.RandomState()
         items = self._items()
         return {"info": {"task_types": types, "metric_keys": self._metric_keys(requests),
                          "groups": sorted(self.loaded.get("groups", {}))},
@@ -231,7 +250,8 @@ class Session:
         metrics and filters declare (`metric,filter`), so a valid task is not refused.
         """
         try:
-            return sorted(self.score(self._dummy_answers(requests))["metrics"])
+            return sorted(self.score(self._dummy_answers(requests),
+                                     bootstrap_iters=KEYS_BOOTSTRAP_ITERS)["metrics"])
         except Exception:  # noqa: BLE001 - participant code; the real answers will tell
             keys = set()
             for task in self.tasks.values():
@@ -255,13 +275,18 @@ class Session:
     def _items(self) -> list[dict[str, Any]]:
         return task_items(self.tasks)
 
-    def score(self, answers: list[Any]) -> dict[str, Any]:
+    def score(self, answers: list[Any], bootstrap_iters: int | None = None) -> dict[str, Any]:
+        """lm-eval's metrics for one checkpoint's answers, stderr bootstrapped as the CLI
+        does (100,000 resamples unless the runner says otherwise)."""
         from lm_eval.evaluator import evaluate
 
+        self.start_state.restore()
+        if bootstrap_iters is None:
+            bootstrap_iters = int(self.cfg.get("bootstrap_iters", cli_parity.BOOTSTRAP_ITERS))
         self.answers = [tuple(a) if isinstance(a, list) else a for a in answers]
         res = evaluate(lm=self.lm, task_dict=self.loaded, limit=None, cache_requests=False,
-                       bootstrap_iters=int(self.cfg.get("bootstrap_iters", 1000)),
-                       log_samples=False, confirm_run_unsafe_code=False)
+                       bootstrap_iters=bootstrap_iters, log_samples=False,
+                       confirm_run_unsafe_code=False)
         table = (res or {}).get("results", {})
         top = table.get(self.task_name) or {}
         if not top and "groups" in (res or {}):
@@ -272,10 +297,28 @@ class Session:
 
 def _freeze_docs(task) -> Any:
     """Process the documents once. lm-eval re-runs `process_docs` whenever it reads them,
-    so each checkpoint (and the items) would otherwise see a fresh run of task code."""
+    so each checkpoint (and the items) would otherwise see a fresh run of task code.
+
+    It is run twice here: documents that differ between runs (drawn from the global random)
+    would, under the CLI too, be scored against answers to other documents' prompts (lm-eval
+    reads them once to build the requests and again to score them)."""
     docs = task.eval_docs
+    again = task.eval_docs
+    if again is not docs and _fingerprint(again) != _fingerprint(docs):
+        raise TaskError("process_docs_random",
+                        f"task {task.config.task}: process_docs gives different documents on "
+                        "each run; seed your own random.Random (e.g. random.Random(42)) "
+                        "instead of drawing from the global random")
     setattr(task, "test_docs" if task.has_test_docs() else "validation_docs", lambda: docs)
     return docs
+
+
+def _fingerprint(docs: Any) -> str:
+    """A hash of the documents' contents (NaN-safe, unlike comparing them with ==)."""
+    digest = hashlib.sha256()
+    for doc in docs:
+        digest.update(json.dumps(doc, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
 
 
 def _reuse(task):

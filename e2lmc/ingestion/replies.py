@@ -29,9 +29,10 @@ ERROR_KINDS: dict[str, str] = {
     "doc_count": "the task's document count is outside the competition's bounds",
     "output_type": "the task's output_type is not supported",
     "unknown_metric": "the task uses a metric that is not built into lm-eval",
-    "hub_dataset": "the task reads a dataset from the hub, which this evaluation does not "
-                   "reach",
+    "hub_dataset": "the task reads a hub dataset that the runner could not fetch for it",
     "data_outside": "the task reads data from outside the submission",
+    "process_docs_random": "the task's process_docs gives different documents on each run; "
+                           "seed your own random.Random",
     "memory": "the task ran out of memory",
     "exception": "the task's code raised an exception",
     "crashed": "the task's code crashed the metrics process",

@@ -9,8 +9,10 @@
     task process gone: results.jsonl and items.jsonl rewritten from memory, then
     ingestion.json (status ok | partial | failed) signed over both, last
 
-A re-run with the same submission resumes: rows already finished are kept, not recomputed,
-when their signatures prove that this runner wrote them for this submission.
+A local re-run into the same output folder resumes: rows already finished are kept, not
+recomputed, when their signatures prove that this runner wrote them for this submission.
+Codabench never resumes: every run starts in a fresh folder and a run killed at the time
+limit uploads nothing, so the time budget (manifest `time_budget_s`) must end the run first.
 """
 
 from __future__ import annotations
@@ -33,12 +35,14 @@ import e2lmc
 from e2lmc import results as R
 from e2lmc import signing
 from e2lmc.errors import UserError
+from e2lmc.ingestion import prefetch
 from e2lmc.ingestion import submission as S
 from e2lmc.ingestion import validate
 from e2lmc.ingestion.replies import clean_text
 from e2lmc.ingestion.taskproc import Limits, TaskProcess, TaskProcessError
 from e2lmc.engine import shard
 from e2lmc.manifest import Checkpoint, Manifest, load_manifest
+from e2lmc.stage import use_staged
 
 
 # --------------------------------------------------------------------------- ordering
@@ -226,7 +230,8 @@ def _print_flushed(line: str) -> None:
 
 
 class Stopped(BaseException):
-    """SIGTERM (the platform's time limit): finish cleanly with status `partial`.
+    """SIGTERM (`docker stop`, a local kill; Codabench kills at its limit without one):
+    finish cleanly with status `partial`.
 
     A BaseException so that the per-checkpoint error handling does not swallow it.
     """
@@ -261,7 +266,7 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     secrets: list[str] = [os.environ.get("HF_TOKEN", "")]
     try:
-        manifest = load_manifest(input_data, data_dir=data_dir)
+        manifest = use_staged(load_manifest(input_data, data_dir=data_dir), data_dir)
         doc["models"] = {m.name: m.attributes() for m in manifest.models}
         d = manifest.defaults
         engine = engine or d.engine
@@ -279,10 +284,15 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
         log(f"ingest: {sub.format} submission, task {sub.task_name}, metric {sub.metric}")
 
         t_prep = time.monotonic()
+        # hub datasets: fetched here with the participant's token, read offline by the task
+        hub = prefetch.prefetch(sub.tasks_dir, workdir / "hub", sub.hf_token, log)
+        if hub.summary:
+            doc["hub_datasets"] = hub.summary
         tp = TaskProcess(sub.tasks_dir, sub.task_name, workdir,
                          allow_network=d.allow_network, hf_token=sub.hf_token, limits=limits,
                          hide=_private_paths(manifest, output, input_data, data_dir),
-                         output=output, max_gen_toks=d.max_gen_toks)
+                         output=output, max_gen_toks=d.max_gen_toks, hub_dir=hub.folder,
+                         hub_datasets=hub.datasets, bootstrap_iters=d.bootstrap_iters)
         try:
             prepared = tp.start()
         except TaskProcessError:
@@ -319,8 +329,8 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
             elapsed = time.monotonic() - t0
             est = sum(spent) / len(spent) if spent else 0.0
             if budget is not None and elapsed + est > budget:
-                stopped = (f"time budget of {budget:.0f} s reached after "
-                           f"{len(order) - len(todo) + n - 1} of {len(order)} checkpoints")
+                stopped = (f"time budget exceeded: {len(order) - len(todo) + n - 1} of "
+                           f"{len(order)} checkpoints evaluated in {budget:.0f} s")
                 break
             _index, outcome, crash = next(outcomes)
             row = _score_row(ck, outcome or {"error": f"engine worker: {crash}"}, tp,
@@ -359,7 +369,8 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
             doc["error_kind"] = exc.kind
     except Stopped:
         doc["status"] = "partial" if rows else "failed"
-        doc["error"] = "stopped by SIGTERM (platform time limit?); re-run to resume"
+        doc["error"] = ("stopped by SIGTERM; a local re-run into the same output resumes "
+                        "(on Codabench every run starts afresh)")
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
@@ -400,7 +411,7 @@ def engine_answers(ck: Checkpoint, device: str, shared: dict, *, requests, engin
     try:
         lm = make_lm(engine, ck, device=device, dtype=defaults.dtype,
                      max_length=defaults.max_length, batch_tokens=defaults.batch_tokens,
-                     shared=shared)
+                     hf_batch_size=defaults.hf_batch_size, shared=shared)
     except Exception as exc:  # noqa: BLE001 - a broken checkpoint must not stop the grid
         return {"error": f"checkpoint failed to load: {type(exc).__name__}: {exc}",
                 "seconds": time.monotonic() - t}

@@ -132,12 +132,15 @@ class TaskProcess:
                  allow_network: bool = False, hf_token: str | None = None,
                  limits: Limits | None = None, fewshot_seed: int = 1234,
                  hide: list[Path] | None = None, output: Path | None = None,
-                 max_gen_toks: int = 256):
+                 max_gen_toks: int = 256, hub_dir: Path | None = None,
+                 hub_datasets: dict[str, dict[str, str]] | None = None,
+                 bootstrap_iters: int = 100_000):
         self.tasks_dir = Path(tasks_dir)
         self.task_name = task_name
         self.workdir = Path(workdir)
         self.allow_network = allow_network
-        self.hf_token = hf_token
+        self.hub_dir = Path(hub_dir) if hub_dir else None  # datasets the runner fetched
+        self.hub_datasets = hub_datasets or {}
         self.limits = limits or Limits()
         self.fewshot_seed = fewshot_seed
         self.proc: subprocess.Popen | None = None
@@ -146,6 +149,7 @@ class TaskProcess:
         self.hide = hide or []
         self.output = output
         self.max_gen_toks = max_gen_toks
+        self.bootstrap_iters = bootstrap_iters  # lm-eval's default; the manifest may lower it
         self.metric_keys: list[str] = []
         self.isolation: dict[str, str] = {}
         self._keep: set[int] = set()
@@ -169,9 +173,7 @@ class TaskProcess:
                         "NO_PROXY"):
                 if key in os.environ:
                     env[key] = os.environ[key]
-            if self.hf_token:
-                env["HF_TOKEN"] = self.hf_token  # the participant's own, for their dataset
-        return env
+        return env  # never a token: the runner fetched the hub datasets with it
 
     def _can_drop(self) -> bool:
         """Run the child as `nobody` when root and the interpreter is world-readable."""
@@ -184,15 +186,20 @@ class TaskProcess:
                   Path(e2lmc.__file__).parent]
         return all(_world_readable(p) for p in needed)
 
+    def _trees(self) -> list[Path]:
+        """The submission's files and the hub datasets fetched for it."""
+        return [self.tasks_dir, *([self.hub_dir] if self.hub_dir else [])]
+
     def _readable(self) -> list[str]:
-        """What the task process may read: the interpreter, its libraries, the task."""
+        """What the task process may read: the interpreter, its libraries, the task and
+        its fetched datasets."""
         import lm_eval
 
         paths = {sys.prefix, sys.base_prefix, os.path.realpath(sys.prefix),
                  os.path.realpath(sys.base_prefix), str(Path(sys.executable).resolve().parent),
                  str(Path(lm_eval.__file__).resolve().parent.parent),
-                 str(Path(e2lmc.__file__).resolve().parent), str(self.tasks_dir.resolve()),
-                 *SYSTEM_READ}
+                 str(Path(e2lmc.__file__).resolve().parent),
+                 *(str(t.resolve()) for t in self._trees()), *SYSTEM_READ}
         return sorted(paths)
 
     def _hideable(self, home: Path) -> list[str]:
@@ -204,7 +211,7 @@ class TaskProcess:
         """
         import lm_eval
 
-        needed = [home, self.tasks_dir, Path(sys.prefix), Path(sys.base_prefix),
+        needed = [home, *self._trees(), Path(sys.prefix), Path(sys.base_prefix),
                   Path(lm_eval.__file__).parent, Path(e2lmc.__file__).parent]
         needed = [p.resolve() for p in needed]
         out = []
@@ -221,14 +228,13 @@ class TaskProcess:
         home.mkdir(parents=True, exist_ok=True)
         drop = self._can_drop()
         if drop:  # the unprivileged child reads the tasks and writes only its home
-            for p in [self.workdir, *self.tasks_dir.rglob("*"), self.tasks_dir]:
+            for p in [self.workdir, *(q for t in self._trees() for q in (t, *t.rglob("*")))]:
                 if p.is_symlink():
                     continue
                 p.chmod(0o755 if p.is_dir() else 0o644)
-            for parent in self.tasks_dir.parents:
-                if parent == self.workdir.parent:
-                    break
-                parent.chmod(0o755)
+            for parent in {q for t in self._trees() for q in t.parents}:
+                if self.workdir in parent.parents:  # between the work dir and a tree
+                    parent.chmod(0o755)
             os.chown(home, sandbox.NOBODY, sandbox.NOBODY)
             if self.output is not None and self.output.stat().st_uid == os.geteuid():
                 # a world-writable output folder (some workers make it so) would let the
@@ -251,7 +257,9 @@ class TaskProcess:
         os.close(from_child_w)
         cfg = {"op": "prepare", "tasks_dir": str(self.tasks_dir.resolve()),
                "task_name": self.task_name, "allow_network": self.allow_network,
+               "hub_datasets": self.hub_datasets,
                "home": str(home), "fewshot_seed": self.fewshot_seed,
+               "bootstrap_iters": self.bootstrap_iters,
                "hide": self._hideable(home), "read": self._readable(),
                "write": [str(home.resolve()), "/dev/null"],
                "doc_bounds": [validate.MIN_DOCS, validate.MAX_DOCS],

@@ -1,7 +1,9 @@
-"""Report sections for the validation checks' examples and the diagnostics.
+"""Report sections for the items the validation checks flagged, and the diagnostics.
 
-Built from the gates' details and the diagnostics' aggregates only, so they are safe for
-the participant-facing page (no hidden-checkpoint value, never the judge key).
+Built from the gates' counts and document ids and the diagnostics' aggregates only: the
+page is public on Codabench, so it names flagged items by id, never by their text (the
+organizers' scores_details.json keeps the text), and holds no hidden-checkpoint value and
+never the judge key.
 """
 
 from __future__ import annotations
@@ -12,13 +14,8 @@ from typing import Any
 
 def _fmt(v: Any) -> str:
     if v is None:
-        return "-"
+        return "not measured"
     return f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
-
-
-def _pre(text: str) -> str:
-    return f"<pre style='white-space:pre-wrap;background:#f7f7f7;padding:.4rem'>" \
-           f"{html.escape(text)}</pre>"
 
 
 def diagnostics_section(diag: dict[str, Any]) -> str:
@@ -49,22 +46,28 @@ def diagnostics_section(diag: dict[str, Any]) -> str:
             f"<th class='l'>meaning</th></tr>{body}</table>")
 
 
-def gate_examples_section(gates: list[dict[str, Any]]) -> str:
-    """Items the judge rejected and items whose prompt gives the answer away."""
+def _ids(examples: list[dict[str, Any]]) -> str:
+    return ", ".join(html.escape(f"{e['task']} #{e['doc_id']}") for e in examples)
+
+
+def flagged_items_section(gates: list[dict[str, Any]]) -> str:
+    """Which items the judge rejected and which prompts give the answer away, by id."""
     parts = []
     for g in gates:
         d = g.get("detail") or {}
         if g["name"] == "alignment" and d.get("rejected_examples"):
             parts.append(f"<p>The judge ({html.escape(str(d.get('model')))}, "
                          f"{html.escape(str(d.get('rubric_version')))}) accepted "
-                         f"{d.get('accepted')} and rejected {d.get('rejected')} of "
-                         f"{d.get('sample_size')} sampled items. Rejected examples:</p>")
-            parts += [_pre(f"{e['task']} #{e['doc_id']}\n{e['text']}")
-                      for e in d["rejected_examples"]]
+                         f"{int(d.get('accepted', 0))} and rejected {int(d.get('rejected', 0))} "
+                         f"of {int(d.get('sample_size', 0))} sampled items; for example, "
+                         f"by document id: {_ids(d['rejected_examples'])}.</p>")
         if g["name"] == "leakage" and d.get("examples"):
-            parts.append(f"<p>{d.get('leaked')} of {d.get('checked')} checked items give the "
-                         f"answer away in their prompt ({d.get('skipped_trivial')} items with "
-                         "short or generic answers not checked). Examples:</p>")
-            parts += [_pre(f"{e['task']} #{e['doc_id']} answer: {e['gold']} ({e['why']})\n"
-                           f"{e['prompt']}") for e in d["examples"]]
+            parts.append(f"<p>{int(d.get('leaked', 0))} of {int(d.get('checked', 0))} checked "
+                         "items give the answer away in their prompt "
+                         f"({int(d.get('skipped_trivial', 0))} items with short or generic "
+                         f"answers not checked); for example, by document id: "
+                         f"{_ids(d['examples'])}.</p>")
+    if parts:
+        parts.append("<p class='muted'>This page is public, so it names items by their "
+                     "document id in your task, never by their text.</p>")
     return "".join(parts)

@@ -46,8 +46,8 @@ class GateResult:
 
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "mode": self.mode, "state": self.state, "value": self.value,
-                "threshold": self.threshold, "passed": self.passed, "reason": self.reason,
-                "detail": self.detail}
+                "threshold": self.threshold, "higher_is_better": self.higher_is_better,
+                "passed": self.passed, "reason": self.reason, "detail": self.detail}
 
 
 def weighted_score(sq: float, rc: float, cs: float, w: Weights) -> float:

@@ -4,8 +4,10 @@ Reads the ingestion contract (e2lmc.results), refuses a failed or partial ingest
 any output it cannot verify with the signing key (e2lmc.signing: `signing.key` in the
 reference data, else the local user's key), and writes three files atomically:
 `scores.json` (flat, finite, keys = leaderboard columns), `scores_details.json` (every
-component, per model) and `detailed_results.html`. Neither participant-visible file
-holds a metric value of a hidden checkpoint.
+component, per model, and the flagged items' text: the organizers' view, which the phases'
+`hide_score_output` keeps from participants) and `detailed_results.html` (public on
+Codabench: no item text). Neither participant-visible file holds a metric value of a
+hidden checkpoint.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 from e2lmc import signing
 from e2lmc.errors import IngestionFailed
 from e2lmc.results import Item, read_verified, write_json
-from e2lmc.scoring.checks_html import diagnostics_section, gate_examples_section
+from e2lmc.scoring.checks_html import diagnostics_section, flagged_items_section
 from e2lmc.scoring.combine import GateResult, apply_gates, weighted_score
 from e2lmc.scoring.config import ScoringConfig, load_config
 from e2lmc.scoring.cs import scientific_compliance
@@ -111,9 +113,9 @@ def score(res: str | Path, ref: str | Path, output: str | Path) -> dict[str, flo
     details["scores"] = scores
     output.mkdir(parents=True, exist_ok=True)
     sections = [("Diagnostics", diagnostics_section(details["diagnostics"]))]
-    examples = gate_examples_section(details["gates"])
-    if examples:
-        sections.append(("Validation examples", examples))
+    flagged = flagged_items_section(details["gates"])
+    if flagged:
+        sections.append(("Flagged items", flagged))
     html = render_report(scores=scores, details=details, public_curves=_public_only(curves),
                          extra_sections=sections)
     tmp = output / (REPORT_HTML + ".tmp")

@@ -101,6 +101,9 @@ def make_tiny_grid(root: str | Path, n_models: int = 2, n_checkpoints: int = 3,
         models.append(Model(name=name, size="tiny", arch=arch, data=data, params=None,
                             checkpoints=tuple(ckpts)))
     manifest = Manifest(path=root / "manifest.yaml", models=models,
-                        defaults=Defaults(device="cpu", dtype="float32", max_length=2048))
+                        # a batch of 32 keeps `--engine hf` runs on these quick (1, the
+                        # CLI's default, is several times slower on CPU)
+                        defaults=Defaults(device="cpu", dtype="float32", max_length=2048,
+                                          hf_batch_size=32))
     manifest.write(root / "manifest.yaml")
     return manifest
