@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from types import SimpleNamespace
 
@@ -172,8 +173,6 @@ metric_list:
 
 def test_rolling_task_metrics_match_hflm(checkpoints, tmp_path):
     """A wikitext-like task through lm-eval's own evaluator, on both engines."""
-    import json
-
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 

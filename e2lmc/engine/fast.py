@@ -8,13 +8,14 @@ numbers (to float rounding), but:
   answer choices of a document) is forwarded once per checkpoint, its key/value cache
   reused below it;
 - next-token log-probabilities are computed only where a continuation is scored;
+- a batch of rows that are each one plain sequence (rolling windows) runs with the
+  model's own causal mask, which attention kernels run much faster than a tree mask;
 - rows are length-sorted and batched under a token budget; a batch that runs out of
   memory is split in half and retried.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any, Callable, Sequence
@@ -360,7 +361,3 @@ def _cache_tensors(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
     if hasattr(cache, "layers"):
         return [(layer.keys, layer.values) for layer in cache.layers]
     return list(zip(cache.key_cache, cache.value_cache))
-
-
-def gen_kwargs_key(kwargs: dict[str, Any]) -> str:
-    return json.dumps(kwargs, sort_keys=True, default=str)

@@ -274,8 +274,8 @@ def check_request(ctx: Sequence[int], cont: Sequence[int], max_length: int) -> N
     """Refuse what HFLM._loglikelihood_tokens asserts against, with the same exception
     type (AssertionError), so a request fails alike on either engine, before any work."""
     if not len(ctx):
-        raise AssertionError("a loglikelihood request's context encodes to no tokens (an "
-                             "empty or whitespace-only context); HFLM refuses it")
+        raise AssertionError("a loglikelihood request's context encodes to no tokens "
+                             "(e.g. a whitespace-only context); HFLM refuses it")
     if not len(cont):
         raise AssertionError("a loglikelihood request's continuation encodes to no tokens; "
                              "HFLM refuses it")
