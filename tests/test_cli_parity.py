@@ -124,3 +124,38 @@ def test_process_docs_drawing_from_the_global_random_is_refused(tiny_grid, tmp_p
     assert doc["status"] == "failed" and doc["error_kind"] == "process_docs_random"
     assert ("task noisy_ppl: process_docs gives different documents on each run; seed your "
             "own random.Random") in doc["error"]
+
+
+def test_hf_batch_size_reaches_the_stock_engine(tiny_grid, monkeypatch):
+    import e2lmc.engine
+    from e2lmc.ingestion.run import engine_answers
+    from e2lmc.manifest import Defaults
+
+    seen = {}
+
+    def make_lm(engine, checkpoint, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("not loaded")
+
+    monkeypatch.setattr(e2lmc.engine, "make_lm", make_lm)
+    out = engine_answers(tiny_grid.checkpoints[0], "cpu", {}, requests=[], engine="hf",
+                         defaults=Defaults(hf_batch_size=8))
+    assert "not loaded" in out["error"] and seen["hf_batch_size"] == 8
+
+
+@pytest.mark.slow
+def test_manifest_bootstrap_iters_reaches_the_task_process(tiny_grid, tmp_path):
+    """bootstrap_iters: 0 is lm-eval's `--bootstrap_iters 0`: no stderr at all."""
+    from dataclasses import replace
+
+    from e2lmc.manifest import Manifest
+
+    m = tiny_grid.models[0]
+    Manifest(path=None, models=[replace(m, checkpoints=m.checkpoints[:1])],
+             defaults=replace(tiny_grid.defaults, bootstrap_iters=0)
+             ).write(tmp_path / "grid" / "manifest.yaml")
+    doc = ingest(NOISY, tmp_path / "grid", tmp_path / "out", engine="hf", log=lambda s: None)
+    assert doc["status"] == "ok", doc["error"]
+    (row,) = R.read_results(tmp_path / "out")
+    assert row.value and row.stderr is None
+    assert not [k for k in row.metrics if "_stderr" in k]

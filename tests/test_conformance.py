@@ -63,11 +63,11 @@ def run(request, grid, one_thread, tmp_path_factory) -> dict[str, Any]:
     """One task through lm-eval (per checkpoint) and through `e2lmc ingest` (per engine)."""
     name = request.param
     root = tmp_path_factory.mktemp(name)
-    folder, task, metric = stock_tasks.task_folder(name, root / "task")
+    sub = stock_tasks.task_folder(name, root / "task")
     manifest = load_manifest(grid)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(validate, "MIN_DOCS", stock_tasks.min_docs(name))
-        reference = {c.key: lm_eval_run(folder, task, c.load_target()[0], mp)
+        reference = {c.key: lm_eval_run(sub, c.load_target()[0], mp)
                      for c in manifest.checkpoints}
         prepared: list[dict] = []
         real = TaskProcess._check_prepared
@@ -75,25 +75,25 @@ def run(request, grid, one_thread, tmp_path_factory) -> dict[str, Any]:
                    lambda self, reply: prepared.append(reply) or real(self, reply))
         rows = {}
         for engine in ENGINES:
-            doc = ingest(folder, grid, root / engine, engine=engine, log=lambda line: None)
+            doc = ingest(sub.folder, grid, root / engine, engine=engine, log=lambda line: None)
             assert doc["status"] == "ok", doc["error"]
             rows[engine] = {r.key: r for r in R.read_results(root / engine)}
-    return {"name": name, "task": task, "metric": metric, "reference": reference,
+    return {"name": name, "task": sub.task, "metric": sub.metric, "reference": reference,
             "rows": rows, "prepared": prepared[0]}
 
 
-def lm_eval_run(folder: Path, task: str, pretrained: str, mp: pytest.MonkeyPatch) -> dict:
+def lm_eval_run(sub: stock_tasks.Submission, pretrained: str, mp: pytest.MonkeyPatch) -> dict:
     """`lm_eval --model hf --model_args pretrained=... --include_path . --tasks TASK` run
-    from the task's folder (the CLI resolves data files against the working directory)."""
+    beside the task's YAMLs (the CLI resolves data files against the working directory)."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    mp.chdir(folder)
-    res = simple_evaluate(model="hf", model_args={"pretrained": pretrained}, tasks=[task],
-                          task_manager=TaskManager(include_path=str(folder),
+    mp.chdir(sub.yaml_dir)
+    res = simple_evaluate(model="hf", model_args={"pretrained": pretrained}, tasks=[sub.task],
+                          task_manager=TaskManager(include_path=str(sub.folder),
                                                    include_defaults=False),
                           batch_size=1, device="cpu", log_samples=True)
-    top = res["results"].get(task) or res.get("groups", {}).get(task)
+    top = res["results"].get(sub.task) or res.get("groups", {}).get(sub.task)
     return {"metrics": {k: float(v) for k, v in top.items() if "," in k and _finite(v)},
             "samples": res["samples"]}
 
@@ -123,7 +123,9 @@ def deviations(run: dict, engine: str) -> dict[str, float]:
 @pytest.mark.parametrize("engine", ENGINES)
 def test_metrics_equal_lm_eval(run, engine):
     devs = deviations(run, engine)
-    print(f"\n{run['name']} {engine}: " + ", ".join(f"{k} {d:.1e}" for k, d in devs.items()))
+    values = [f"{ref['metrics'][run['metric']]:.4g}" for ref in run["reference"].values()]
+    print(f"\n{run['name']} {engine} ({run['metric']} = {', '.join(values)}): "
+          + ", ".join(f"{k} {d:.1e}" for k, d in devs.items()))
     assert run["metric"] in devs
     bad = {k: d for k, d in devs.items() if d > TOLERANCE[engine]}
     assert not bad, f"{run['name']} through the {engine} engine: {bad}"

@@ -39,6 +39,8 @@ def test_loads_hub_and_local_sources(tmp_path):
     assert hidden.stage == "hidden"
     assert local.load_target() == (str((tmp_path / "weights/local/c1").resolve()), None)
     assert m.defaults.device == "cpu" and m.defaults.max_length == 2048
+    # the lm_eval CLI's batch size and bootstrap resamples
+    assert (m.defaults.hf_batch_size, m.defaults.bootstrap_iters) == (1, 100_000)
 
 
 def test_round_trip(tmp_path):
@@ -59,6 +61,8 @@ def test_round_trip(tmp_path):
      "training order"),
     ("models: [: bad", "YAML"),
     ("defaults: {gpu: 1}\nmodels: []", "unknown keys"),
+    ("defaults: {hf_batch_size: 0}\nmodels: []", "hf_batch_size must be a whole number >= 1"),
+    ("defaults: {bootstrap_iters: 1.5}\nmodels: []", "bootstrap_iters must be a whole number"),
 ])
 def test_errors_name_file_and_fix(tmp_path, bad, needle):
     write(tmp_path, bad)

@@ -160,6 +160,7 @@ class Session:
         from lm_eval.tasks import TaskManager
 
         self.cfg = cfg
+        self.bootstrap_iters = int(cfg.get("bootstrap_iters", cli_parity.BOOTSTRAP_ITERS))
         root = Path(cfg["tasks_dir"]).resolve()
         _install_guards(root, bool(cfg.get("allow_network")), cfg.get("hub_datasets"))
         cli_parity.use_forked_bootstrap()
@@ -251,7 +252,8 @@ class Session:
         """
         try:
             return sorted(self.score(self._dummy_answers(requests),
-                                     bootstrap_iters=KEYS_BOOTSTRAP_ITERS)["metrics"])
+                                     bootstrap_iters=min(KEYS_BOOTSTRAP_ITERS,
+                                                         self.bootstrap_iters))["metrics"])
         except Exception:  # noqa: BLE001 - participant code; the real answers will tell
             keys = set()
             for task in self.tasks.values():
@@ -282,7 +284,7 @@ class Session:
 
         self.start_state.restore()
         if bootstrap_iters is None:
-            bootstrap_iters = int(self.cfg.get("bootstrap_iters", cli_parity.BOOTSTRAP_ITERS))
+            bootstrap_iters = self.bootstrap_iters
         self.answers = [tuple(a) if isinstance(a, list) else a for a in answers]
         res = evaluate(lm=self.lm, task_dict=self.loaded, limit=None, cache_requests=False,
                        bootstrap_iters=bootstrap_iters, log_samples=False,
