@@ -6,7 +6,9 @@ Files in the ingestion output folder (Codabench: /app/output, then /app/input/re
                     two files below and the row count (`outputs`); a `signature`;
 - `results.jsonl`   one row per (model, checkpoint), appended as each finishes, each
                     with a `signature` bound to the submission; rewritten whole at the end;
-- `items.jsonl`     the rendered items (prompt without few-shot, choices, gold answer).
+- `items.jsonl`     the rendered items (prompt without few-shot, choices, gold answer);
+- `item_outcomes.parquet`  each document's value and margin on each checkpoint
+                    (e2lmc.outcomes; hidden checkpoints included, like results.jsonl).
 Never a file named `metadata` (reserved by Codabench). The signatures (e2lmc.signing) let
 scoring refuse an output that anyone but the ingestion program wrote or changed.
 """
@@ -26,6 +28,7 @@ import yaml
 
 from e2lmc import signing
 from e2lmc.errors import IngestionFailed, Unverified, UserError
+from e2lmc.outcomes import OUTCOMES_FILE, Outcomes, read_outcomes
 
 INGESTION_JSON = "ingestion.json"
 RESULTS_JSONL = "results.jsonl"
@@ -202,11 +205,12 @@ def _count_rows(data: bytes | None) -> int:
 
 def write_ingestion(res_dir: str | Path, doc: dict[str, Any], key: bytes) -> dict[str, Any]:
     """Write ingestion.json, signed, over the files as they are now: the SHA-256 of
-    results.jsonl and items.jsonl (null when absent) and the row count. Written last, so
-    that the signature covers the final files."""
+    results.jsonl, items.jsonl and item_outcomes.parquet (null when absent) and the row
+    count. Written last, so that the signature covers the final files."""
     res = Path(res_dir)
     doc.pop(SIGNATURE, None)
-    data = {name: _read_bytes(res / name) for name in (RESULTS_JSONL, ITEMS_JSONL)}
+    data = {name: _read_bytes(res / name) for name in (RESULTS_JSONL, ITEMS_JSONL,
+                                                       OUTCOMES_FILE)}
     doc["outputs"] = {"sha256": {name: _sha256(b) for name, b in data.items()},
                       "rows": _count_rows(data[RESULTS_JSONL])}
     doc[SIGNATURE] = signing.sign(key, doc)
@@ -329,3 +333,17 @@ def read_verified(res_dir: str | Path, key: bytes
     items = [_item(d) for d in
              _parse_jsonl(data[ITEMS_JSONL].decode("utf-8"), res / ITEMS_JSONL)]
     return doc, list(rows.values()), items
+
+
+def read_verified_outcomes(res_dir: str | Path, doc: dict[str, Any]) -> Outcomes | None:
+    """The per-item outcomes of a verified ingestion output (`doc`: from read_verified),
+    None when the run kept none; refuses a file that is not the one the ingestion signed."""
+    path = Path(res_dir) / OUTCOMES_FILE
+    recorded = ((doc.get("outputs") or {}).get("sha256") or {}).get(OUTCOMES_FILE)
+    raw = _read_bytes(path)
+    if recorded is None and raw is None:
+        return None
+    if _sha256(raw) != recorded:
+        raise Unverified(f"{path}: not the file the ingestion program wrote (its SHA-256 "
+                         "differs from the one ingestion.json records); " + RERUN)
+    return read_outcomes(path)

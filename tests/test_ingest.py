@@ -14,7 +14,9 @@ import pytest
 
 from e2lmc import results as R
 from e2lmc import signing
+from e2lmc.errors import Unverified
 from e2lmc.ingestion.run import evaluation_order, ingest, spread
+from e2lmc.outcomes import OUTCOMES_FILE, read_outcomes
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "ingest"))
 import build  # noqa: E402
@@ -41,8 +43,8 @@ def test_task_folder_over_the_grid(grid_run, tiny_grid):
     out, doc = grid_run
     assert doc["status"] == "ok", doc["error"]
     assert json.loads((out / R.INGESTION_JSON).read_text()) == doc
-    assert sorted(p.name for p in out.iterdir()) == [R.INGESTION_JSON, R.ITEMS_JSONL,
-                                                     R.RESULTS_JSONL]
+    assert sorted(p.name for p in out.iterdir()) == [R.INGESTION_JSON, OUTCOMES_FILE,
+                                                     R.ITEMS_JSONL, R.RESULTS_JSONL]
     rows = R.read_results(out)
     assert {r.key for r in rows} == {c.key for c in tiny_grid.checkpoints}
     for r in rows:
@@ -60,6 +62,40 @@ def test_task_folder_over_the_grid(grid_run, tiny_grid):
         out / R.RESULTS_JSONL)]
     assert stages[:4] == [("public", False)] * 4 and stages[4:6] == [("public", True)] * 2
     assert {s for s, _ in stages[6:]} == {"hidden"}
+
+
+@pytest.mark.slow
+def test_per_item_outcomes_reproduce_every_row(grid_run, tiny_grid, tmp_path):
+    """Each document's value on each checkpoint, signed with the rest: their mean is the
+    row's metric, and accuracy is right exactly where the gold choice's loglikelihood
+    beats every other (the margin, from the engine's own answers)."""
+    import shutil
+
+    import numpy as np
+
+    out, _ = grid_run
+    key = signing.load_key(tiny_grid.path.parent)
+    doc, rows, items = R.read_verified(out, key)
+    oc = R.read_verified_outcomes(out, doc)
+    assert oc.keys == [c.key for c in tiny_grid.checkpoints]  # the manifest's order
+    assert [c.stage for c in oc.checkpoints] == [c.stage for c in tiny_grid.checkpoints]
+    assert oc.items == [(i.task, i.doc_id) for i in items] and len(oc.items) == 120
+    assert oc.is_mean_of({r.key: r.value for r in rows}, rtol=1e-6)
+    assert set(np.unique(oc.value)) <= {0.0, 1.0}
+    assert np.array_equal(oc.value == 1.0, oc.margin > 0)
+    # an edited copy is refused by name; a deleted one too (ingestion.json records it)
+    forged = tmp_path / "res"
+    shutil.copytree(out, forged)
+    edited = read_outcomes(forged / OUTCOMES_FILE)
+    edited.value[:] = 1.0
+    from e2lmc.outcomes import write_outcomes
+
+    write_outcomes(forged / OUTCOMES_FILE, edited)
+    with pytest.raises(Unverified, match="item_outcomes.parquet: not the file"):
+        R.read_verified_outcomes(forged, doc)
+    (forged / OUTCOMES_FILE).unlink()
+    with pytest.raises(Unverified, match="item_outcomes.parquet: not the file"):
+        R.read_verified_outcomes(forged, doc)
 
 
 @pytest.mark.slow
@@ -197,6 +233,15 @@ def test_sigterm_then_kill_9_then_resume_equals_uninterrupted(grid_run, tiny_gri
         assert after[key] == row
     assert rows_without_timing(out) == rows_without_timing(ref_out)
     assert (out / R.ITEMS_JSONL).read_text() == (ref_out / R.ITEMS_JSONL).read_text()
+    # per-item rows: kept from the SIGTERM run (which wrote its file), absent for what the
+    # killed run did (it wrote none), equal to the uninterrupted run's everywhere else
+    import numpy as np
+
+    oc, ref = read_outcomes(out / OUTCOMES_FILE), read_outcomes(ref_out / OUTCOMES_FILE)
+    assert set(oc.keys) == set(ref.keys) - (set(before) - set(first))
+    rows = [ref.keys.index(k) for k in oc.keys]
+    assert np.array_equal(oc.value, ref.value[rows])
+    assert np.allclose(oc.margin, ref.margin[rows], atol=1e-5, equal_nan=True)
 
 
 @pytest.mark.slow

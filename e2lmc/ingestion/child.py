@@ -9,7 +9,8 @@ and builds the requests once, and answers the runner's messages:
     runner -> {"op": "prepare", ...config}   child -> {"ok", "isolation"}   (confined)
                                              child -> {"ok", "info", "requests",
                                                        "documents", "items"}
-    runner -> {"op": "score", "answers"}     child -> {"ok", "metrics"}  (from a fresh fork)
+    runner -> {"op": "score", "answers"}     child -> {"ok", "metrics", "per_item"}
+                                             (from a fresh fork)
     runner -> {"op": "close"}                (child exits)
 
 Every reply is {"ok": false, "kind", "error"} on failure. The child is never told which
@@ -182,6 +183,9 @@ class Session:
                                          f"{type(exc).__name__}: {exc}") from None
         self.tasks = self.loaded["tasks"]
         self.answers: list[Any] = []
+        self.per_doc: dict[str, list[Any]] = {name: [] for name in self.tasks}
+        for name, task in self.tasks.items():
+            task.process_results = _recording(task.process_results, self.per_doc[name])
         session = self
 
         class ProxyLM(LM):
@@ -283,6 +287,8 @@ class Session:
         from lm_eval.evaluator import evaluate
 
         self.start_state.restore()
+        for calls in self.per_doc.values():
+            calls.clear()
         if bootstrap_iters is None:
             bootstrap_iters = self.bootstrap_iters
         self.answers = [tuple(a) if isinstance(a, list) else a for a in answers]
@@ -294,7 +300,38 @@ class Session:
         if not top and "groups" in (res or {}):
             top = res["groups"].get(self.task_name) or {}
         metrics = {k: _num(v) for k, v in top.items() if k != "alias" and _is_num(v)}
-        return {"metrics": metrics}
+        return {"metrics": metrics, "per_item": self._per_item()}
+
+    def _per_item(self) -> dict[str, list[float | None]]:
+        """The declared metric (`name,filter`) of each document, per task in doc-id order.
+
+        lm-eval calls process_results once per filter and document, filters in the order
+        the task applies them, documents in order; a value that is not one number (the
+        pairs corpus-level metrics aggregate later) has none."""
+        name, _, flt = str(self.cfg.get("metric") or "").partition(",")
+        out: dict[str, list[float | None]] = {}
+        for task_name, task in self.tasks.items():
+            calls = self.per_doc[task_name]
+            n = len(task.eval_docs)
+            filters = [f.name for f in getattr(task, "_filters", [])] or ["none"]
+            if flt not in filters or len(calls) != n * len(filters):
+                out[task_name] = [None] * n
+                continue
+            start = filters.index(flt) * n
+            out[task_name] = [_num(c.get(name)) if isinstance(c, dict) and _is_num(c.get(name))
+                              else None for c in calls[start:start + n]]
+        return out
+
+
+def _recording(process_results, calls: list[Any]):
+    """process_results that also keeps what it returned, for the per-document values."""
+
+    def recorded(doc, results):
+        out = process_results(doc, results)
+        calls.append(out)
+        return out
+
+    return recorded
 
 
 def _freeze_docs(task) -> Any:

@@ -180,6 +180,27 @@ def documents(raw: Any, n_requests: int) -> dict[str, int]:
     return counts
 
 
+def document_requests(raw: dict[str, list]) -> dict[str, list[tuple[int, list[int]]]]:
+    """Each task's documents in doc-id order with their request indices, from a document
+    list `documents` has already checked: the columns of the per-item outcomes."""
+    return {task: sorted((d, list(reqs)) for d, reqs in docs) for task, docs in raw.items()}
+
+
+def per_item(raw: Any, listed: dict[str, list]) -> dict[str, list[float]]:
+    """One checkpoint's declared metric per document, one list per task in doc-id order
+    (`listed`: `document_requests`); NaN where the metric gives no per-document number."""
+    if not (isinstance(raw, dict) and set(raw) == set(listed)):
+        raise ProtocolError("malformed per-document values from the task process")
+    out: dict[str, list[float]] = {}
+    for task, docs in listed.items():
+        values = raw[task]
+        if not (isinstance(values, list) and len(values) == len(docs)):
+            raise ProtocolError("malformed per-document values from the task process")
+        out[task] = [float(v) if isinstance(v, (int, float)) and not isinstance(v, bool)
+                     and math.isfinite(v) and abs(v) < 1e12 else math.nan for v in values]
+    return out
+
+
 def metric_keys(raw: Any) -> list[str]:
     """The results keys the task declares (from its dry run): bounded names, bounded count."""
     if not isinstance(raw, list) or len(raw) > MAX_METRIC_KEYS:
@@ -242,3 +263,4 @@ class Prepared:
     requests: list[tuple[str, tuple]]
     items: list[Item]
     isolation: dict[str, str]
+    doc_requests: dict[str, list[tuple[int, list[int]]]]

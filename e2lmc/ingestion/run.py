@@ -5,9 +5,10 @@
     for each checkpoint, most useful to the score first:
         engine answers the requests    (trusted; holds the weights)
         task process computes metrics  (lm-eval filters / process_results / aggregation)
-        one signed row kept in memory and appended to results.jsonl (for a crash resume)
-    task process gone: results.jsonl and items.jsonl rewritten from memory, then
-    ingestion.json (status ok | partial | failed) signed over both, last
+        one signed row kept in memory and appended to results.jsonl (for a crash resume),
+        each document's value and margin kept in memory (e2lmc.ingestion.per_item)
+    task process gone: results.jsonl, items.jsonl and item_outcomes.parquet written from
+    memory, then ingestion.json (status ok | partial | failed) signed over them, last
 
 A local re-run into the same output folder resumes: rows already finished are kept, not
 recomputed, when their signatures prove that this runner wrote them for this submission.
@@ -38,10 +39,12 @@ from e2lmc.errors import UserError
 from e2lmc.ingestion import prefetch
 from e2lmc.ingestion import submission as S
 from e2lmc.ingestion import validate
+from e2lmc.ingestion.per_item import OutcomeTable
 from e2lmc.ingestion.replies import clean_text
 from e2lmc.ingestion.taskproc import Limits, TaskProcess, TaskProcessError
 from e2lmc.engine import shard
 from e2lmc.manifest import Checkpoint, Manifest, load_manifest
+from e2lmc.outcomes import OUTCOMES_FILE, write_outcomes
 from e2lmc.stage import use_staged
 
 
@@ -224,6 +227,18 @@ def _resume_rows(output: Path, key: bytes, context: dict[str, Any], engine: str,
     return rows
 
 
+def _resume_outcomes(output: Path, key: bytes, table: OutcomeTable,
+                     rows: dict[str, R.ResultRow]) -> None:
+    """The per-item rows of the resumed checkpoints, when the earlier run signed its file
+    (a run killed without SIGTERM wrote none: those checkpoints keep no per-item rows)."""
+    prior = R.read_signed_json(output / R.INGESTION_JSON, key)
+    if rows and prior is not None:
+        try:
+            table.keep(R.read_verified_outcomes(output, prior), rows)
+        except (UserError, OSError, ValueError):
+            pass
+
+
 # --------------------------------------------------------------------------- the run
 def _print_flushed(line: str) -> None:
     print(line, flush=True)
@@ -259,6 +274,7 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
     # the runner's own copy of the outputs; None until it owns them (then written at the end)
     rows: dict[str, R.ResultRow] | None = None
     items: list[R.Item] | None = None
+    table: OutcomeTable | None = None
     workdir = Path(tempfile.mkdtemp(prefix="e2lmc-ingest-"))
     tp: TaskProcess | None = None
     _not_dumpable()
@@ -292,7 +308,8 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
                          allow_network=d.allow_network, hf_token=sub.hf_token, limits=limits,
                          hide=_private_paths(manifest, output, input_data, data_dir),
                          output=output, max_gen_toks=d.max_gen_toks, hub_dir=hub.folder,
-                         hub_datasets=hub.datasets, bootstrap_iters=d.bootstrap_iters)
+                         hub_datasets=hub.datasets, bootstrap_iters=d.bootstrap_iters,
+                         metric=sub.metric)
         try:
             prepared = tp.start()
         except TaskProcessError:
@@ -309,6 +326,8 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
 
         doc["grid"] = grid_identity(manifest)
         done = _resume_rows(output, key, context, engine, doc["grid"])
+        table = OutcomeTable(prepared)
+        _resume_outcomes(output, key, table, done)
         rows, items = dict(done), prepared.items
         doc["status"], doc["error"] = "partial", "ingestion in progress (or interrupted)"
         R.write_ingestion(output, doc, key)  # a killed run resumes from this and the rows
@@ -333,8 +352,9 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
                            f"{len(order)} checkpoints evaluated in {budget:.0f} s")
                 break
             _index, outcome, crash = next(outcomes)
-            row = _score_row(ck, outcome or {"error": f"engine worker: {crash}"}, tp,
-                             sub.metric, counters, secrets)
+            outcome = outcome or {"error": f"engine worker: {crash}"}
+            row, per_item = _score_row(ck, outcome, tp, sub.metric, counters, secrets)
+            table.add(ck, per_item, outcome.get("answers"))
             rows[row.key] = R.sign_row(row, key, context)
             R.append_jsonl(output / R.RESULTS_JSONL, row)
             spent.append(row.seconds or 0.0)
@@ -384,6 +404,9 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
             R.write_jsonl(output / R.RESULTS_JSONL, rows.values())
         if items is not None:
             R.write_jsonl(output / R.ITEMS_JSONL, items)
+        if table is not None and rows is not None:
+            write_outcomes(output / OUTCOMES_FILE, table.outcomes(
+                c for c in manifest.checkpoints if c.key in rows))
         R.write_ingestion(output, doc, key)
     if doc["status"] != "ok":
         log(f"ingest: {doc['status']}: {doc['error']}")
@@ -427,12 +450,15 @@ def engine_answers(ck: Checkpoint, device: str, shared: dict, *, requests, engin
         _release(lm)
 
 
-def _score_row(ck: Checkpoint, outcome: dict[str, Any], tp: TaskProcess,
-               metric: str, counters: dict, secrets: list[str]) -> R.ResultRow:
-    """Untrusted side of one checkpoint: the task process turns answers into metrics."""
+def _score_row(ck: Checkpoint, outcome: dict[str, Any], tp: TaskProcess, metric: str,
+               counters: dict, secrets: list[str]
+               ) -> tuple[R.ResultRow, dict[str, list[float]] | None]:
+    """Untrusted side of one checkpoint: the task process turns answers into metrics (and
+    the declared metric per document, None when the checkpoint failed)."""
     t = time.monotonic()
     row = R.ResultRow(model=ck.model, checkpoint=ck.name, tokens_b=ck.tokens_b, stage=ck.stage,
                       metric=metric, value=None, iteration=ck.iteration)
+    per_item = None
     if outcome.get("error"):
         row.status = "error"
         row.error = clean_text(outcome["error"], secrets, 500)
@@ -440,7 +466,7 @@ def _score_row(ck: Checkpoint, outcome: dict[str, Any], tp: TaskProcess,
         for k, v in outcome["counters"].items():
             counters[k] = counters.get(k, 0) + v
         try:
-            metrics = tp.score(outcome["answers"])
+            metrics, per_item = tp.score(outcome["answers"])
             row.metrics = metrics
             row.value = metrics.get(metric)
             row.stderr = metrics.get(stderr_key(metric))
@@ -451,7 +477,7 @@ def _score_row(ck: Checkpoint, outcome: dict[str, Any], tp: TaskProcess,
             row.error = (str(exc) if ck.stage == "public" else
                          f"the task failed on a hidden checkpoint ({exc.kind})")
     row.seconds = round(outcome.get("seconds", 0.0) + time.monotonic() - t, 3)
-    return row
+    return row, per_item
 
 
 def cli_ingest(args) -> int:

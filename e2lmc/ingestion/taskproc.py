@@ -134,9 +134,10 @@ class TaskProcess:
                  hide: list[Path] | None = None, output: Path | None = None,
                  max_gen_toks: int = 256, hub_dir: Path | None = None,
                  hub_datasets: dict[str, dict[str, str]] | None = None,
-                 bootstrap_iters: int = 100_000):
+                 bootstrap_iters: int = 100_000, metric: str | None = None):
         self.tasks_dir = Path(tasks_dir)
         self.task_name = task_name
+        self.metric = metric  # the declared metric, kept per document too
         self.workdir = Path(workdir)
         self.allow_network = allow_network
         self.hub_dir = Path(hub_dir) if hub_dir else None  # datasets the runner fetched
@@ -151,6 +152,7 @@ class TaskProcess:
         self.max_gen_toks = max_gen_toks
         self.bootstrap_iters = bootstrap_iters  # lm-eval's default; the manifest may lower it
         self.metric_keys: list[str] = []
+        self.doc_requests: dict[str, list[tuple[int, list[int]]]] = {}
         self.isolation: dict[str, str] = {}
         self._keep: set[int] = set()
 
@@ -256,7 +258,8 @@ class TaskProcess:
         os.close(to_child_r)
         os.close(from_child_w)
         cfg = {"op": "prepare", "tasks_dir": str(self.tasks_dir.resolve()),
-               "task_name": self.task_name, "allow_network": self.allow_network,
+               "task_name": self.task_name, "metric": self.metric,
+               "allow_network": self.allow_network,
                "hub_datasets": self.hub_datasets,
                "home": str(home), "fewshot_seed": self.fewshot_seed,
                "bootstrap_iters": self.bootstrap_iters,
@@ -387,22 +390,27 @@ class TaskProcess:
             self.metric_keys = replies.metric_keys(info.get("metric_keys"))
             items = replies.items(reply.get("items"), reply["documents"],
                                   self.limits.max_prompt_chars, self._secrets)
+            self.doc_requests = replies.document_requests(reply["documents"])
         except TaskProcessError:
             raise
         except UserError as exc:
             self._kill()
             raise TaskProcessError(getattr(exc, "kind", "invalid_request"), str(exc)) from None
         return Prepared(task_types=dict(types), docs=docs, metric_keys=self.metric_keys,
-                        requests=requests, items=items, isolation=self.isolation)
+                        requests=requests, items=items, isolation=self.isolation,
+                        doc_requests=self.doc_requests)
 
-    def score(self, answers: list[Any]) -> dict[str, float | None]:
-        """Metrics for one checkpoint's answers (the child applies lm-eval's pipeline).
+    def score(self, answers: list[Any]
+              ) -> tuple[dict[str, float | None], dict[str, list[float]]]:
+        """Metrics for one checkpoint's answers (the child applies lm-eval's pipeline), and
+        the declared metric per document (NaN where it has no per-document number).
 
         The child is not told which checkpoint the answers come from."""
         wire.send(self._out, {"op": "score", "answers": answers})
         reply = self._recv(self.limits.score_timeout, "computing the metrics")
         try:
-            return replies.metrics(reply.get("metrics"), self.metric_keys)
+            return (replies.metrics(reply.get("metrics"), self.metric_keys),
+                    replies.per_item(reply.get("per_item"), self.doc_requests))
         except replies.ProtocolError as exc:
             raise TaskProcessError("protocol", str(exc)) from None
 
