@@ -620,7 +620,8 @@ def test_generation_settings_outside_the_whitelist(run, tmp_path, settings, need
 
 FORGE_REPLIES = r'''
 import glob, json
-import e2lmc.ingestion.child as child
+import sys
+child = sys.modules["__main__"]  # the task process runs e2lmc.ingestion.child
 
 def process_docs(ds):
     token = " ".join(open(p).read() for p in glob.glob("/**/metadata.yaml", recursive=True)
@@ -654,8 +655,75 @@ def test_forged_replies_are_data_not_text(run, tmp_path):
     assert "[9/9] forged" not in seen and "LEAKED" not in seen
 
 
+FORGE_PER_ITEM = r'''
+import sys
+child = sys.modules["__main__"]  # the task process runs e2lmc.ingestion.child
+
+def process_docs(ds):
+    original = child.Session.score
+    def score(self, answers, bootstrap_iters=None):
+        out = original(self, answers, bootstrap_iters)
+        (task, values), = out["per_item"].items()
+        if len(answers) == 0 or not values:
+            return out
+        forged = ["1.0", True, None, 1e300, [1], {"v": 1}] + [0.25] * len(values)
+        out["per_item"] = {task: forged[:len(values)]}
+        return out
+    child.Session.score = score
+    return ds
+'''
+
+
+@NO_DOCKER
+@pytest.mark.slow
+def test_per_item_values_are_numbers_or_nothing(run, tmp_path):
+    """Task code rewrites its per-document values with strings, booleans, nulls, absurd
+    magnitudes and containers: each becomes "no value"; only numbers survive."""
+    import numpy as np
+
+    from e2lmc.outcomes import read_outcomes
+
+    doc, out, _ = run(with_helper(tmp_path, FORGE_PER_ITEM))
+    assert doc["status"] == "ok", doc["error"]
+    oc = read_outcomes(out / "item_outcomes.parquet")
+    assert np.isnan(oc.value[:, :6]).all() and (oc.value[:, 6:] == 0.25).all()
+
+
+FORGE_PER_ITEM_SHAPE = r'''
+import sys
+child = sys.modules["__main__"]  # the task process runs e2lmc.ingestion.child
+
+def process_docs(ds):
+    original = child.Session.score
+    def score(self, answers, bootstrap_iters=None):
+        out = original(self, answers, bootstrap_iters)
+        out["per_item"] = {k: v + [1.0] for k, v in out["per_item"].items()}
+        return out
+    child.Session.score = score
+    return ds
+'''
+
+
+@NO_DOCKER
+@pytest.mark.slow
+def test_per_item_values_of_the_wrong_shape_are_dropped(run, tmp_path):
+    """One value more than the task has documents: the checkpoint keeps its row (from the
+    metrics, checked as ever) and no per-item values, so nothing built on them (intervals,
+    analysis) can be steered by a reply that does not fit the documents."""
+    import numpy as np
+
+    from e2lmc.outcomes import read_outcomes
+
+    doc, out, _ = run(with_helper(tmp_path, FORGE_PER_ITEM_SHAPE))
+    assert doc["status"] == "ok", doc["error"]
+    (row,) = R.read_results(out)
+    assert row.status == "ok" and row.value is not None
+    assert np.isnan(read_outcomes(out / "item_outcomes.parquet").value).all()
+
+
 FORGE_KIND = r'''
-import e2lmc.ingestion.child as child
+import sys
+child = sys.modules["__main__"]  # the task process runs e2lmc.ingestion.child
 
 def bad_agg(items):
     child._fail = lambda exc: {"ok": False, "kind": "hidden value 0.7731\n[1/1] forged",
@@ -680,7 +748,8 @@ def test_document_count_comes_from_the_requests(run, tmp_path):
     """The task process claims 14,999 documents for 120 real ones, each fake document
     pointing at real requests: the runner counts what the engine will really answer."""
     helper = r'''
-import e2lmc.ingestion.child as child
+import sys
+child = sys.modules["__main__"]  # the task process runs e2lmc.ingestion.child
 original = child.Session.prepare
 def prepare(self):
     out = original(self)

@@ -186,19 +186,18 @@ def document_requests(raw: dict[str, list]) -> dict[str, list[tuple[int, list[in
     return {task: sorted((d, list(reqs)) for d, reqs in docs) for task, docs in raw.items()}
 
 
-def per_item(raw: Any, listed: dict[str, list]) -> dict[str, list[float]]:
+def per_item(raw: Any, listed: dict[str, list]) -> dict[str, list[float]] | None:
     """One checkpoint's declared metric per document, one list per task in doc-id order
-    (`listed`: `document_requests`); NaN where the metric gives no per-document number."""
-    if not (isinstance(raw, dict) and set(raw) == set(listed)):
-        raise ProtocolError("malformed per-document values from the task process")
-    out: dict[str, list[float]] = {}
-    for task, docs in listed.items():
-        values = raw[task]
-        if not (isinstance(values, list) and len(values) == len(docs)):
-            raise ProtocolError("malformed per-document values from the task process")
-        out[task] = [float(v) if isinstance(v, (int, float)) and not isinstance(v, bool)
-                     and math.isfinite(v) and abs(v) < 1e12 else math.nan for v in values]
-    return out
+    (`listed`: `document_requests`); NaN where a value is not one finite number. None when
+    the reply does not fit the documents: the checkpoint keeps its row (the leaderboard
+    reads the metrics) but no per-item values."""
+    if not (isinstance(raw, dict) and set(raw) == set(listed)
+            and all(isinstance(raw[t], list) and len(raw[t]) == len(d)
+                    for t, d in listed.items())):
+        return None
+    return {task: [float(v) if isinstance(v, (int, float)) and not isinstance(v, bool)
+                   and math.isfinite(v) and abs(v) < 1e12 else math.nan for v in raw[task]]
+            for task in listed}
 
 
 def metric_keys(raw: Any) -> list[str]:

@@ -401,9 +401,9 @@ class TaskProcess:
                         doc_requests=self.doc_requests)
 
     def score(self, answers: list[Any]
-              ) -> tuple[dict[str, float | None], dict[str, list[float]]]:
+              ) -> tuple[dict[str, float | None], dict[str, list[float]] | None]:
         """Metrics for one checkpoint's answers (the child applies lm-eval's pipeline), and
-        the declared metric per document (NaN where it has no per-document number).
+        the declared metric per document (`replies.per_item`).
 
         The child is not told which checkpoint the answers come from."""
         wire.send(self._out, {"op": "score", "answers": answers})
