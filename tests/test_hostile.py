@@ -721,6 +721,33 @@ def test_per_item_values_of_the_wrong_shape_are_dropped(run, tmp_path):
     assert np.isnan(read_outcomes(out / "item_outcomes.parquet").value).all()
 
 
+SLOW_AGGREGATION = r'''
+import time
+calls = [0]
+
+def slow_mean(items):
+    calls[0] += 1  # the dry run before any checkpoint is quick; every checkpoint is not
+    if calls[0] > 1:
+        time.sleep(120)
+    return sum(items) / len(items)
+'''
+
+
+@pytest.mark.profiles("root")
+@pytest.mark.slow
+def test_metrics_past_the_time_limit_name_the_causes(run, tmp_path):
+    """An aggregation that outlasts the metrics time limit: the row's error names the
+    limit, the task's own code and the stderr bootstrap (the organizers' setting)."""
+    from dataclasses import replace
+
+    text = mc_yaml("  - metric: acc\n",
+                   "  - metric: acc\n    aggregation: !function utils.slow_mean\n")
+    doc, out, _ = run(with_helper(tmp_path, SLOW_AGGREGATION, hook=None, yaml_text=text),
+                      limits=replace(LIMITS, score_timeout=5))
+    failed(doc, "took longer than 5 s computing the metrics", "endless loop",
+           "bootstrapped with", "bootstrap_iters")
+
+
 FORGE_KIND = r'''
 import sys
 child = sys.modules["__main__"]  # the task process runs e2lmc.ingestion.child

@@ -273,6 +273,19 @@ def test_resume_recomputes_checkpoints_whose_weights_changed(grid_run, tiny_grid
     assert all(len(h) == 16 and "/" not in h for h in doc["grid"].values())  # no paths
 
 
+def test_resume_identity_covers_what_changes_the_values(tiny_grid):
+    """A local resume must not keep rows computed with another HF batch size (values move
+    by ~1e-6) or another bootstrap count (stderr): both are in the grid identity."""
+    from dataclasses import replace
+
+    from e2lmc.ingestion.run import grid_identity
+
+    base = grid_identity(tiny_grid)
+    for change in ({"hf_batch_size": 8}, {"bootstrap_iters": 1000}, {"dtype": "bfloat16"}):
+        other = replace(tiny_grid, defaults=replace(tiny_grid.defaults, **change))
+        assert all(grid_identity(other)[k] != v for k, v in base.items()), change
+
+
 def test_spread_covers_the_range_evenly():
     assert spread(0) == [] and spread(1) == [0] and spread(2) == [0, 1]
     assert spread(5) == [0, 4, 2, 1, 3]

@@ -191,11 +191,13 @@ def _private_paths(manifest: Manifest, output: Path, input_data: Path,
 # --------------------------------------------------------------------------- resume
 def grid_identity(manifest: Manifest) -> dict[str, str]:
     """Per checkpoint, a hash of what decides its values (where its weights load from, the
-    dtype and context length). A resumed run keeps a row only where this is unchanged, so
+    dtype, context length and HF batch size, and the stderr's bootstrap resamples). A
+    resumed run keeps a row only where this is unchanged, so
     results from a rebuilt or edited grid are never mixed in. Hashes, not paths: the
     output must not reveal where hidden checkpoints live."""
     d = manifest.defaults
-    return {c.key: hashlib.sha256(json.dumps([c.source, c.subfolder, d.dtype, d.max_length])
+    return {c.key: hashlib.sha256(json.dumps([c.source, c.subfolder, d.dtype, d.max_length,
+                                              d.hf_batch_size, d.bootstrap_iters])
                                   .encode()).hexdigest()[:16]
             for c in manifest.checkpoints}
 

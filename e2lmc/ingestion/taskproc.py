@@ -325,17 +325,18 @@ class TaskProcess:
         self.close()
 
     # ------------------------------------------------------------------ messages
-    def _recv(self, timeout: float, doing: str, show: bool = False) -> dict[str, Any]:
+    def _recv(self, timeout: float, doing: str, show: bool = False,
+              slow: str = "slow code in the task's Python helpers") -> dict[str, Any]:
         """The next reply. A failure keeps the task's own message only when `show` (no
-        checkpoint has been evaluated yet); otherwise the runner's words for its kind."""
+        checkpoint has been evaluated yet); otherwise the runner's words for its kind.
+        `slow` names what, besides an endless loop, can take that long."""
         try:
             reply = wire.recv(self._in, timeout=timeout,
                               max_bytes=self.limits.max_message_bytes)
         except wire.WireTimeout:
             self._kill()
             raise TaskProcessError("timeout", f"the task took longer than {timeout:.0f} s "
-                                   f"{doing}; look for an endless loop or slow code "
-                                   "in the task's Python helpers") from None
+                                   f"{doing}; look for an endless loop or {slow}") from None
         except wire.WireClosed:
             code = self.proc.wait(timeout=10) if self.proc else None
             self._kill()
@@ -407,7 +408,11 @@ class TaskProcess:
 
         The child is not told which checkpoint the answers come from."""
         wire.send(self._out, {"op": "score", "answers": answers})
-        reply = self._recv(self.limits.score_timeout, "computing the metrics")
+        reply = self._recv(self.limits.score_timeout, "computing the metrics",
+                           slow=f"slow code in the task's Python helpers; each metric's "
+                           f"stderr is bootstrapped with {self.bootstrap_iters} resamples, "
+                           "costly for corpus-level metrics on many documents (organizers "
+                           "set this: manifest `bootstrap_iters`)")
         try:
             return (replies.metrics(reply.get("metrics"), self.metric_keys),
                     replies.per_item(reply.get("per_item"), self.doc_requests))
