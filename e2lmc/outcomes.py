@@ -140,8 +140,18 @@ def _codes(column) -> tuple[np.ndarray, list]:
     return col.indices.to_numpy(zero_copy_only=False).astype(np.int64), col.dictionary.to_pylist()
 
 
+def _first_seen(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct keys in order of first appearance: (index of each one's first row, the
+    position of every row's key in that order)."""
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return first[order], rank[inverse.reshape(-1)]
+
+
 def read_outcomes(path: str | Path) -> Outcomes:
-    """The matrix back from the file; checkpoints in file order, items sorted."""
+    """The matrix back from the file; checkpoints and items in the order written."""
     import pyarrow.parquet as pq
 
     t = pq.read_table(path, columns=list(COLUMNS),
@@ -152,20 +162,11 @@ def read_outcomes(path: str | Path) -> Outcomes:
         _codes(t[name]) for name in ("model", "checkpoint", "stage", "task"))
     tokens = t["tokens_b"].to_numpy()
     doc = t["doc_id"].to_numpy().astype(np.int64)
-    ck_key = m * (len(names) + 1) + c
-    _, first, rows = np.unique(ck_key, return_index=True, return_inverse=True)
-    order = np.argsort(first)  # checkpoints in file order
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
-    rows = rank[rows]
+    ck_first, rows = _first_seen(m * (len(names) + 1) + c)
+    it_first, cols = _first_seen(k * (int(doc.max()) + 1) + doc)
     checkpoints = [CheckpointRef(models[m[i]], names[c[i]], stages[s[i]], float(tokens[i]))
-                   for i in first[order]]
-    uniq_k, k_inv = np.unique(np.array(tasks, dtype=object), return_inverse=True)
-    sorted_task = k_inv[k]  # task codes in name order
-    it_key = sorted_task * (int(doc.max()) + 1) + doc
-    uniq, cols = np.unique(it_key, return_inverse=True)
-    span = int(doc.max()) + 1
-    items = [(str(uniq_k[u // span]), int(u % span)) for u in uniq]
+                   for i in ck_first]
+    items = [(str(tasks[k[i]]), int(doc[i])) for i in it_first]
     value = np.full((len(checkpoints), len(items)), np.nan, np.float32)
     margin = np.full_like(value, np.nan)
     value[rows, cols] = t["value"].to_numpy().astype(np.float32)
