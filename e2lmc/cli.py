@@ -69,6 +69,15 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", default=None, help="also write the numbers as JSON here")
     p.set_defaults(handler="e2lmc.scoring.curves_file:cli_score_curves")
 
+    p = sub.add_parser("rank", help="rank scored submissions; say which leaderboard "
+                                    "neighbours their intervals separate")
+    p.add_argument("folders", nargs="+", metavar="DIR",
+                   help="scoring output folders (each holding scores_details.json)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="separable when P(the higher one is higher) reaches this (0.95)")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the ranking here")
+    p.set_defaults(handler="e2lmc.scoring.rank:cli_rank")
+
 
 def _add_suite(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("suite", help="the embedded demo checkpoint suite")

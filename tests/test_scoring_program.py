@@ -13,12 +13,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from e2lmc import signing
 from e2lmc.errors import IngestionFailed
+from e2lmc.outcomes import OUTCOMES_FILE, CheckpointRef, Outcomes, write_outcomes
 from e2lmc.results import ResultRow, append_jsonl, sign_row, signing_context, write_ingestion
 from e2lmc.scoring.program import LEADERBOARD_KEYS, score
 
@@ -43,7 +45,32 @@ def hidden_value(rng: random.Random) -> float:
     return round(0.3 + 0.4 * rng.random(), 9)
 
 
-def make_res(tmp: Path, status: str = "ok", rows=None, seed: int = 0) -> tuple[Path, dict]:
+N_DOCS = 500
+
+
+def add_outcomes(res: Path, rows: list[ResultRow], seed: int) -> dict[str, np.ndarray]:
+    """Write item_outcomes.parquet: per-document values in [0, 1] (a per-document F1, say),
+    each document easier or harder on every checkpoint; each row's value becomes their mean,
+    as for a task that averages per-document values. Returns the values by row key."""
+    rng = np.random.default_rng(seed)
+    offset = rng.uniform(-0.2, 0.2, N_DOCS)
+    per_doc = {}
+    for r in rows:
+        v = np.clip(r.value + offset + rng.normal(0, 0.05, N_DOCS), 0, 1).astype(np.float32)
+        r.value = float(v.astype(np.float64).mean())
+        r.metrics = {r.metric: r.value}
+        per_doc[r.key] = v
+    refs = [CheckpointRef(r.model, r.checkpoint, r.stage, r.tokens_b) for r in rows]
+    value = np.stack([per_doc[r.key] for r in rows])
+    write_outcomes(res / OUTCOMES_FILE, Outcomes(refs, [("demo_task", j) for j in range(N_DOCS)],
+                                                 value, np.full_like(value, np.nan)))
+    return per_doc
+
+
+def make_res(tmp: Path, status: str = "ok", rows=None, seed: int = 0,
+             outcomes: bool = False) -> tuple[Path, dict]:
+    """A signed ingestion output and its reference data; `hidden`: the values of hidden
+    checkpoints by key, and with `outcomes` their per-document values under `documents`."""
     rng = random.Random(seed)
     res = tmp / "res"
     res.mkdir(parents=True)
@@ -62,12 +89,16 @@ def make_res(tmp: Path, status: str = "ok", rows=None, seed: int = 0) -> tuple[P
                     hidden[f"{m}/iter_{i:07d}"] = value
                 rows.append(ResultRow(m, f"iter_{i:07d}", tokens, stage, "acc,none", value,
                                       metrics={"acc,none": value}, iteration=i))
+    if outcomes:
+        per_doc = add_outcomes(res, rows, seed)
+        hidden = {r.key: r.value for r in rows if r.stage == "hidden"}
+        hidden["documents"] = np.concatenate([per_doc[k] for k in hidden])
     ref = tmp / "ref"
     ref.mkdir()
     (ref / "scoring.yaml").write_text(SCORING_YAML)
     key = signing.new_key()
     signing.write_key(ref / signing.KEY_NAME, key)
-    submission = {"task": "demo_task", "metric": "acc,none", "n_docs": 500,
+    submission = {"task": "demo_task", "metric": "acc,none", "n_docs": N_DOCS,
                   "fingerprint": "abc123"}
     for r in rows:
         append_jsonl(res / "results.jsonl", sign_row(r, key, signing_context(submission)))
@@ -109,16 +140,28 @@ def test_report_speaks_to_people(tmp_path):
 
 
 def test_hidden_values_never_reach_participant_files(tmp_path):
-    res, hidden = make_res(tmp_path)
+    """No value of a hidden checkpoint, nor any document's value there, in the public page
+    or scores.json; nor in full precision in the organizers' scores_details.json, whose
+    thousands of rounded replicate scores (aggregates over hidden checkpoints too) share
+    their first digits with any number."""
+    res, hidden = make_res(tmp_path, outcomes=True)
     score(res, tmp_path / "ref", tmp_path / "out")
-    visible = "".join((tmp_path / "out" / f).read_text()
-                      for f in ("detailed_results.html", "scores_details.json", "scores.json"))
-    assert hidden
+    out = tmp_path / "out"
+    public = (out / "detailed_results.html").read_text() + (out / "scores.json").read_text()
+    details = (out / "scores_details.json").read_text()
+    documents = hidden.pop("documents")
+    assert hidden and len(documents) == len(hidden) * N_DOCS
+    assert json.loads(details)["confidence"]["available"]
+    assert "interval of SQ over resampled documents" in public  # not vacuous
     for v in hidden.values():
         for text in (repr(v), f"{v:.4f}", f"{v:.3f}", f"{v:.6f}", json.dumps(v)):
             if text in ("0.300", "0.3000"):
                 continue
-            assert text not in visible, f"hidden value {text} leaked"
+            assert text not in public, f"hidden value {text} leaked"
+        for text in (repr(v), f"{v:.6f}", json.dumps(v)):
+            assert text not in details, f"hidden value {text} in the details"
+    for v in (float(d) for d in documents if 0.0 < d < 1.0):  # clipped ones are no secret
+        assert repr(v) not in public + details and f"{v:.6f}" not in public, v
 
 
 def test_failed_ingestion_exits_nonzero_with_cause(tmp_path):

@@ -4,15 +4,17 @@ Reads the ingestion contract (e2lmc.results), refuses a failed or partial ingest
 any output it cannot verify with the signing key (e2lmc.signing: `signing.key` in the
 reference data, else the local user's key), and writes three files atomically:
 `scores.json` (flat, finite, keys = leaderboard columns), `scores_details.json` (every
-component, per model, and the flagged items' text: the organizers' view, which the phases'
-`hide_score_output` keeps from participants) and `detailed_results.html` (public on
-Codabench: no item text). Neither participant-visible file holds a metric value of a
-hidden checkpoint.
+component, per model, the intervals from resampling documents and the flagged items' text:
+the organizers' view, which the phases' `hide_score_output` keeps from participants) and
+`detailed_results.html` (public on Codabench: no item text, and only the intervals of
+scores read from public checkpoints). Neither participant-visible file holds a metric
+value of a hidden checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -20,9 +22,11 @@ from typing import Any
 
 from e2lmc import signing
 from e2lmc.errors import IngestionFailed
-from e2lmc.results import Item, read_verified, write_json
+from e2lmc.outcomes import Outcomes
+from e2lmc.results import Item, read_verified, read_verified_outcomes, write_json
 from e2lmc.scoring.checks_html import diagnostics_section, flagged_items_section
 from e2lmc.scoring.combine import GateResult, apply_gates, weighted_score
+from e2lmc.scoring.confidence import bootstrap, participant_view
 from e2lmc.scoring.config import ScoringConfig, load_config
 from e2lmc.scoring.cs import scientific_compliance
 from e2lmc.scoring.curves import Curve, curves_from_results, select_models
@@ -85,10 +89,17 @@ def compute_scores(curves: dict[str, Curve], cfg: ScoringConfig, gates: list[Gat
     bad = {k: v for k, v in scores.items() if not math.isfinite(v) or abs(v) >= 1e10}
     if bad:  # a bug, not a user error: the formulas above must never produce these
         raise RuntimeError(f"non-finite scores {bad}")
-    details = {"raw_score": raw, "weights": cfg.as_dict()["weights"], "notes": notes,
+    details = {"raw_score": raw, "weights": dataclasses.asdict(cfg.weights), "notes": notes,
                "signal_quality": sq, "ranking_consistency": rc, "scientific_compliance": cs,
                "gates": [g.summary() for g in gates]}
     return scores, details
+
+
+def _confidence(curves: dict[str, Curve], outcomes: Outcomes | None, cfg: ScoringConfig,
+                gates: list[GateResult]) -> dict[str, Any]:
+    """Intervals from resampling documents; the gates' verdicts stay as measured."""
+    return bootstrap(curves, outcomes, lambda c: compute_scores(c, cfg, gates)[0],
+                     score_max=weighted_score(1.0, 1.0, 1.0, cfg.weights))
 
 
 def score(res: str | Path, ref: str | Path, output: str | Path) -> dict[str, float]:
@@ -105,6 +116,8 @@ def score(res: str | Path, ref: str | Path, output: str | Path) -> dict[str, flo
     gates = _gates(cfg, items, str(sub.get("fingerprint") or ""), ref, output)
     scores, details = compute_scores(curves, cfg, gates, int(sub.get("n_docs") or 0))
     details["diagnostics"] = _diagnostics(curves, cfg, items, sub.get("metric"))
+    details["confidence"] = _confidence(curves, read_verified_outcomes(res, ingestion), cfg,
+                                        gates)
     failed = [r.key for r in rows if r.status != "ok"]
     if failed:
         details["notes"].append(f"{len(failed)} checkpoint(s) failed in ingestion and were "
@@ -117,6 +130,7 @@ def score(res: str | Path, ref: str | Path, output: str | Path) -> dict[str, flo
     if flagged:
         sections.append(("Flagged items", flagged))
     html = render_report(scores=scores, details=details, public_curves=_public_only(curves),
+                         confidence=participant_view(details["confidence"], cfg),
                          extra_sections=sections)
     tmp = output / (REPORT_HTML + ".tmp")
     tmp.write_text(html, encoding="utf-8")

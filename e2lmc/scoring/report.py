@@ -3,10 +3,11 @@
 Codabench serves this page to any visitor once the competition is published (its
 `get_detail_result` view checks no owner), so it is built only from what anyone may see:
 the curves at `public` checkpoints and aggregates (SQ components, RC agreement per
-checkpoint, CS win/tie/loss per checkpoint, check outcomes, document ids). No value of a
-hidden checkpoint and no item text is passed in. Written for people: counts as integers,
-"not measured" rather than the leaderboard's -1, yes/no, token counts with units. Images
-are PNG data URIs (Codabench shows the file as is).
+checkpoint, CS win/tie/loss per checkpoint, check outcomes, document ids, and the intervals
+that e2lmc.scoring.confidence.participant_view lets through: those of scores read from
+public checkpoints alone). No value of a hidden checkpoint and no item text is passed in.
+Written for people: counts as integers, "not measured" rather than the leaderboard's -1,
+yes/no, token counts with units. Images are PNG data URIs (Codabench shows the file as is).
 """
 
 from __future__ import annotations
@@ -167,11 +168,29 @@ def _score_section(scores: dict[str, float]) -> str:
     return _table(["column", "value", "what it measures"], rows)
 
 
-def _sq_section(sq: dict[str, Any]) -> str:
+def _interval_note(confidence: dict[str, Any]) -> str:
+    """SQ's interval from resampling documents, or why there is none."""
+    if not confidence:
+        return ""
+    if not confidence["available"]:
+        return f'<p class="muted">Interval {html.escape(confidence["reason"])}.</p>'
+    iv = confidence["intervals"].get("signal_quality")
+    if iv is None:
+        return ('<p class="muted">No interval is shown: SQ reads hidden checkpoints in this '
+                "competition.</p>")
+    return (f"<p>{confidence['level']:.0%} interval of SQ over resampled documents: "
+            f"{iv['low']:.4f} to {iv['high']:.4f} ({int(confidence['replicates']):,} "
+            "replicates). It estimates the SQ of your task with unlimited documents of the "
+            "same kind; the noise of a finite set lowers SQ, so the interval can sit above "
+            "the measured value.</p>")
+
+
+def _sq_section(sq: dict[str, Any], confidence: dict[str, Any]) -> str:
     rows = [[m, int(r["n"]), r["monotonicity"], r["smoothness"], r["sq"],
              "" if r["state"] == "ok" else r["state"]]
             for m, r in sq.get("models", {}).items()]
-    return _table(["model", "checkpoints", "monotonicity", "smoothness", "SQ", "note"], rows)
+    return _table(["model", "checkpoints", "monotonicity", "smoothness", "SQ", "note"],
+                  rows) + _interval_note(confidence)
 
 
 def _rc_section(rc: dict[str, Any]) -> str:
@@ -215,8 +234,10 @@ def _checks_section(gates: list[dict[str, Any]]) -> str:
 
 
 def render_report(*, scores: dict[str, float], details: dict[str, Any],
-                  public_curves: list[Curve], extra_sections: list[tuple[str, str]] = ()) -> str:
-    """The whole page. `public_curves` must hold public points only."""
+                  public_curves: list[Curve], confidence: dict[str, Any] | None = None,
+                  extra_sections: list[tuple[str, str]] = ()) -> str:
+    """The whole page. `public_curves` must hold public points only; `confidence` is the
+    participant view of the intervals (confidence.participant_view), never the details'."""
     sub = details.get("submission", {})
     n_docs = sub.get("n_docs")
     parts = [f"<h1>E2LM results: {html.escape(str(sub.get('task', 'submission')))}</h1>",
@@ -229,7 +250,7 @@ def render_report(*, scores: dict[str, float], details: dict[str, Any],
         ("Score", _score_section(scores)),
         ("Curves on the public checkpoints",
          _img(_plot_public_curves(public_curves, str(sub.get("metric", "metric"))))),
-        ("Signal quality", _sq_section(details["signal_quality"])),
+        ("Signal quality", _sq_section(details["signal_quality"], confidence or {})),
         ("Ranking consistency", _rc_section(details["ranking_consistency"])),
         ("Compliance with scientific knowledge", _cs_section(details["scientific_compliance"])),
         ("Validation checks", _checks_section(details.get("gates", []))),
