@@ -129,4 +129,8 @@ def test_logs_and_report_hold_no_hidden_value_secret_or_item_text(micro_run):
     assert "science_cloze #0" in shown["detailed_results.html"]
     details = (out / "scores_details.json").read_text()
     assert QUESTION_MARK in details and "Hint:" in details
+    # the intervals from resampling documents: all in the details, SQ's alone on the page
+    confidence = json.loads(details)["confidence"]
+    assert confidence["available"] and len(confidence["intervals"]) == 4
+    assert "interval of SQ over resampled documents" in shown["detailed_results.html"]
 
