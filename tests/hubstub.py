@@ -12,8 +12,9 @@ with HF_ENDPOINT):
 and answers errors as the hub does (X-Error-Code RepoNotFound / RevisionNotFound /
 EntryNotFound). `datasets` itself never talks to it: the trusted side downloads files,
 and the task process reads them from a local folder. Repos live in memory; a private repo
-answers only requests carrying its token. The server listens on 127.0.0.1 only, answers at
-most `max_requests` requests and stops by itself after `lifetime` seconds.
+answers only requests carrying its token. The server listens on 127.0.0.1 unless given
+another local address (`host`: the Docker bridge's gateway, for programs in containers),
+answers at most `max_requests` requests and stops by itself after `lifetime` seconds.
 """
 
 from __future__ import annotations
@@ -70,15 +71,16 @@ class Hit:
 class StubHub:
     """The server; `repos[(kind, "OWNER/NAME")]` with kind `model` or `dataset`."""
 
-    def __init__(self, max_requests: int = 20000, lifetime: float = 1800.0):
+    def __init__(self, max_requests: int = 20000, lifetime: float = 1800.0,
+                 host: str = "127.0.0.1"):
         self.repos: dict[tuple[str, str], Repo] = {}
         self.hits: list[Hit] = []
         self.max_requests = max_requests
         self.stopped = False
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = ThreadingHTTPServer((host, 0), self._handler())
         self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self.url = f"http://{host}:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         self._timer = threading.Timer(lifetime, self.stop)
