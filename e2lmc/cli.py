@@ -79,6 +79,20 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler="e2lmc.scoring.rank:cli_rank")
 
 
+def _add_analyze(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("analyze", help="per-item signal of an ingestion output, and a subset "
+                                       "of the items with a better SQ")
+    p.add_argument("--res", required=True, help="ingestion output folder")
+    p.add_argument("--output", default=None, help="report folder (default: RES/../analysis)")
+    p.add_argument("--submission", default=None,
+                   help="the ingested submission: also write it filtered to the subset")
+    p.add_argument("--ref", default=None, help="folder holding scoring.yaml (default: the "
+                                               "default SQ selection)")
+    p.add_argument("--fit-arch", default=None,
+                   help="architecture that chooses the subset (default: the SQ selection's)")
+    p.set_defaults(handler="e2lmc.analyze:cli_analyze")
+
+
 def _add_suite(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("suite", help="the embedded demo checkpoint suite")
     ssub = p.add_subparsers(dest="suite_command", required=True)
@@ -171,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"e2lmc {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_ingest, _add_stage, _add_score, _add_suite, _add_submission, _add_bundle):
+    for add in (_add_ingest, _add_stage, _add_score, _add_analyze, _add_suite, _add_submission,
+                _add_bundle):
         add(sub)
     return parser
 

@@ -1,4 +1,4 @@
-"""The starting-kit notebooks: committed without outputs, and all eight run in demo mode.
+"""The starting-kit notebooks: committed without outputs, and all nine run in demo mode.
 
 The run uses the micro demo suite (built once per session into a temporary cache shared
 through E2LMC_CACHE), a kernel on this interpreter, and this checkout's `e2lmc`.
@@ -25,6 +25,7 @@ NOTEBOOKS = (
     "5-Scoring.ipynb",
     "6-Submission.ipynb",
     "7-Scientific-Alignment.ipynb",
+    "8-Item-Analysis.ipynb",
 )
 CELL_TIMEOUT_S = 600  # a hang guard: a shared CI machine can be slow
 NOTEBOOK_TIMEOUT_S = 840  # per notebook (the pytest default is 900)
@@ -35,7 +36,7 @@ def _read(name: str):
     return nbformat.read(KIT / name, as_version=4)
 
 
-def test_exactly_the_eight_notebooks():
+def test_exactly_the_nine_notebooks():
     assert sorted(p.name for p in KIT.glob("*.ipynb")) == sorted(NOTEBOOKS)
 
 
