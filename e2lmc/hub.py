@@ -5,7 +5,9 @@ verified download.
 huggingface_hub reads HF_ENDPOINT once, when it is imported; we read it at every call and
 pass it explicitly, so a process can be pointed at a mirror (or a test's stand-in hub)
 after the import. Its offline switch (HF_HUB_OFFLINE=1) is honoured as it is: nothing is
-fetched then. Tokens are the caller's choice: `None` lets huggingface_hub take HF_TOKEN
+fetched then. The hub sees only the requests each step needs: huggingface_hub's telemetry
+(which also asks the endpoint for a registry of agent names, from every fresh container)
+is switched off before each one. Tokens are the caller's choice: `None` lets huggingface_hub take HF_TOKEN
 from the environment (the organizers' own, for staging), `False` sends none. No token is
 ever written to a file.
 """
@@ -30,6 +32,10 @@ class HubError(UserError):
 
 
 def endpoint() -> str:
+    """The hub to talk to, read now; telemetry is switched off on the way."""
+    from huggingface_hub import constants
+
+    constants.HF_HUB_DISABLE_TELEMETRY = True
     return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
 
 

@@ -117,7 +117,15 @@ def test_groups_task_lists_and_overrides(tmp_path):
 
 
 # --------------------------------------------------------------------------- fetching
-def test_only_the_configs_used_are_fetched_and_load_offline(online, tmp_path):
+def test_only_the_configs_used_are_fetched_and_load_offline(online, tmp_path, monkeypatch):
+    """... and nothing else: no telemetry (huggingface_hub would ask the endpoint for its
+    registry of agent names once per fresh HF_HOME, i.e. from every worker container)."""
+    import huggingface_hub.constants
+    from huggingface_hub.utils import _headers
+
+    asked: list[str] = []  # each call would fetch the registry where none is cached
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_TELEMETRY", False)
+    monkeypatch.setattr(_headers, "detect_agent", lambda: asked.append("registry"))
     d = task_dir(tmp_path, {f"t_{s}.yaml": f"task: t_{s}\ndataset_path: org/small_mmlu\n"
                             f"dataset_name: {s}\n" for s in SUBJECTS[:2]})
     got = prefetch.prefetch(d, tmp_path / "hub", None, print)
@@ -128,6 +136,7 @@ def test_only_the_configs_used_are_fetched_and_load_offline(online, tmp_path):
                                              for s in SUBJECTS[:2]
                                              for split in ("dev", "test", "validation"))
     assert all("/resolve/" not in h.path or SUBJECTS[2] not in h.path for h in online.hits)
+    assert all("org/small_mmlu" in h.path for h in online.hits) and asked == []
     assert got.summary == [{"dataset": "org/small_mmlu", "revision": None, "configs": 2,
                             "bytes": got.summary[0]["bytes"], "status": "ok"}]
     ds = load_offline(folder, SUBJECTS[1])
@@ -307,7 +316,7 @@ def test_participant_token_never_reaches_task_code(online, one_ckpt, tmp_path):
     assert "SCAN" in note and "parquet=1" in note and "found=[]" in note, note
     assert os.environ["HF_TOKEN"] == ORGANIZER_TOKEN  # present on the runner's side only
     for p in (tmp_path / "out").iterdir():
-        assert PARTICIPANT_TOKEN not in p.read_text()
+        assert PARTICIPANT_TOKEN.encode() not in p.read_bytes()
 
 
 @pytest.mark.slow

@@ -29,6 +29,7 @@ from e2lmc.errors import UserError
 from e2lmc.ingestion.run import ingest
 from e2lmc.ingestion.submission import load_submission
 from e2lmc.manifest import load_manifest
+from e2lmc.outcomes import OUTCOMES_FILE, read_outcomes
 from e2lmc.scoring.program import LEADERBOARD_KEYS, score
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "ingest"))
@@ -250,10 +251,11 @@ def test_writes_during_the_run_are_replaced_by_the_runners_copy(one_ckpt, ref, t
     score_row = run._score_row
 
     def meddling(*args, **kwargs):
-        row = score_row(*args, **kwargs)
+        row, per_item = score_row(*args, **kwargs)
         _append_forged_row_to(out, {**asdict(row), "value": 0.99})
         _add_item(out)
-        return row
+        (out / OUTCOMES_FILE).write_bytes(b"forged")
+        return row, per_item
 
     monkeypatch.setattr(run, "_score_row", meddling)
     doc = ingest(build.SCI_CLOZE, one_ckpt, out, engine="hf", log=lambda line: None)
@@ -261,6 +263,7 @@ def test_writes_during_the_run_are_replaced_by_the_runners_copy(one_ckpt, ref, t
     (row,) = rows_of(out)
     assert row["value"] != 0.99
     assert not any(i["doc_id"] == 999 for i in R.iter_jsonl(out / R.ITEMS_JSONL))
+    assert read_outcomes(out / OUTCOMES_FILE).keys == [row["model"] + "/" + row["checkpoint"]]
     score(out, ref, tmp_path / "scores")
 
 
