@@ -95,6 +95,11 @@ def test_honest_task_under_every_profile(run, tmp_path, profile):
     (row,) = R.read_results(out)
     assert row.status == "ok" and row.value is not None
     print(f"\n{profile}: isolation {json.dumps(doc['isolation'])}")
+    # the user layer names the real cause wherever the task process stays root
+    assert doc["isolation"]["user"] in {
+        "root": ("nobody", "root (the runner's files are not readable by nobody)"),
+        "worker": ("root (no CAP_CHOWN/CAP_SETUID/CAP_SETGID here)",),
+        "user": ("unprivileged (not root)",)}[profile], doc["isolation"]["user"]
 
 
 # ------------------------------------------------------------------ archives (no code runs)

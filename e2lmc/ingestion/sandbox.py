@@ -70,6 +70,7 @@ class Policy:
     allow_network: bool = False
     namespaces: bool = True
     switch_user: bool = True
+    root_reason: str = ""  # why the runner keeps the task process root, when it does
     limits: dict[str, Any] = field(default_factory=dict)
 
 
@@ -179,7 +180,7 @@ def _switch_user(policy: Policy) -> str:
     if os.geteuid() != 0:
         return "unprivileged (not root)"
     if not policy.switch_user:
-        return "root (the runner's files are not readable by nobody)"
+        return f"root ({policy.root_reason or 'the runner keeps it root'})"
     try:
         os.setgroups([])
         os.setgid(NOBODY)

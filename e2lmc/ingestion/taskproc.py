@@ -177,16 +177,23 @@ class TaskProcess:
                     env[key] = os.environ[key]
         return env  # never a token: the runner fetched the hub datasets with it
 
-    def _can_drop(self) -> bool:
-        """Run the child as `nobody` when root and the interpreter is world-readable."""
-        if not (self.limits.drop_privileges and os.geteuid() == 0
-                and _has_capabilities(CAP_CHOWN, CAP_SETGID, CAP_SETUID)):
-            return False
+    def _root_reason(self) -> str | None:
+        """Why the child cannot run as `nobody` (None: it can): it must be root now, hold
+        the capabilities to hand its files over and switch, and find the interpreter and
+        libraries readable by `nobody`."""
+        if not self.limits.drop_privileges:
+            return "kept root by the runner's limits"
+        if os.geteuid() != 0:
+            return "the runner is not root"
+        if not _has_capabilities(CAP_CHOWN, CAP_SETGID, CAP_SETUID):
+            return "no CAP_CHOWN/CAP_SETUID/CAP_SETGID here"
         import lm_eval
 
         needed = [Path(sys.base_prefix), Path(sys.prefix), Path(lm_eval.__file__).parent,
                   Path(e2lmc.__file__).parent]
-        return all(_world_readable(p) for p in needed)
+        if not all(_world_readable(p) for p in needed):
+            return "the runner's files are not readable by nobody"
+        return None
 
     def _trees(self) -> list[Path]:
         """The submission's files and the hub datasets fetched for it."""
@@ -228,7 +235,8 @@ class TaskProcess:
         """Start the child, load the tasks, build the requests (no model involved)."""
         home = self.workdir / "taskhome"
         home.mkdir(parents=True, exist_ok=True)
-        drop = self._can_drop()
+        root_reason = self._root_reason()
+        drop = root_reason is None
         if drop:  # the unprivileged child reads the tasks and writes only its home
             for p in [self.workdir, *(q for t in self._trees() for q in (t, *t.rglob("*")))]:
                 if p.is_symlink():
@@ -266,7 +274,8 @@ class TaskProcess:
                "hide": self._hideable(home), "read": self._readable(),
                "write": [str(home.resolve()), "/dev/null"],
                "doc_bounds": [validate.MIN_DOCS, validate.MAX_DOCS],
-               "limits": {**asdict(self.limits), "drop_privileges": drop}}
+               "limits": {**asdict(self.limits), "drop_privileges": drop,
+                          "root_reason": root_reason or ""}}
         wire.send(self._out, cfg)
         first = self._recv(self.limits.prepare_timeout, "confining the task process")
         isolation = first.get("isolation")
