@@ -24,7 +24,8 @@ from typing import Any
 from e2lmc.errors import UserError
 from e2lmc.ingestion import unpack
 from e2lmc.ingestion.patch import TASKS_PREFIX
-from e2lmc.ingestion.submission import NOT_TASK_FILES, PATCH_FILE, load_submission
+from e2lmc.ingestion.submission import (NOT_TASK_FILES, PATCH_FILE, evaluation_patch,
+                                        load_submission, write_zip)
 from e2lmc.ingestion.taskyaml import YAML_SUFFIXES, FunctionRef, check_yaml
 
 HELPER = "e2lmc_keep"
@@ -165,7 +166,6 @@ def write_filtered(submission: Path, keep: dict[str, list[int]], out_dir: Path,
                    fingerprint: str | None) -> Filtered:
     """The filtered copy of `submission` under `out_dir` (FOLDER and ZIP), after checking
     that it is the submission the ingestion ran (`fingerprint` from ingestion.json)."""
-    from e2lmc.kit import evaluation_patch, write_zip
 
     with tempfile.TemporaryDirectory(prefix="e2lmc-filter-") as tmp:
         sub = load_submission(submission, Path(tmp) / "load")

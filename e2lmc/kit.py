@@ -13,7 +13,6 @@ modes differ only in the `Setup` they get from `setup(MODE)`.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import urllib.request
@@ -442,69 +441,6 @@ def write_my_task(out_dir: str | Path, mode: str) -> Path:
 # --------------------------------------------------------------------------- submissions
 
 
-def git_blob_id(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
-def evaluation_patch(files: dict[str, str], dest: str) -> str:
-    """A `git diff` that adds `files` under `dest` (e.g. lm_eval/tasks/mmlu_var): the
-    official submission's `evaluation.patch`, applicable with `git apply`."""
-    out = []
-    for name, text in sorted(files.items()):
-        path = f"{dest.strip('/')}/{name}"
-        lines = text.splitlines()
-        out += [f"diff --git a/{path} b/{path}", "new file mode 100644",
-                f"index 0000000..{git_blob_id(text.encode())[:7]}", "--- /dev/null",
-                f"+++ b/{path}", f"@@ -0,0 +1{',' + str(len(lines)) if len(lines) != 1 else ''} @@"]
-        out += ["+" + line for line in lines]
-        if text and not text.endswith("\n"):
-            out.append("\\ No newline at end of file")
-    return "\n".join(out) + "\n"
-
-
-_EPOCH = (1980, 1, 1, 0, 0, 0)
-
-
-def write_zip(path: str | Path, files: dict[str, bytes | str]) -> Path:
-    """A reproducible zip (sorted entries, fixed timestamps), written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name in sorted(files):
-            data = files[name]
-            info = zipfile.ZipInfo(name, date_time=_EPOCH)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            zf.writestr(info, data.encode() if isinstance(data, str) else data)
-    tmp.replace(path)
-    return path
-
-
-def official_submission(files: dict[str, str], task_name: str, metric_key: str,
-                        output: str | Path, dest: str | None = None,
-                        hf_token: str | None = None) -> Path:
-    """The organizers' format: `evaluation.patch` adding the task folder under
-    `lm_eval/tasks/` + `metadata.yaml` (task to run, results key, optional HF token), checked
-    as the ingestion reads it. (`e2lmc make-submission` writes the task-folder format.)"""
-    import tempfile
-
-    from e2lmc.ingestion.submission import (CODABENCH_METADATA, METADATA_YAML, PATCH_FILE,
-                                            load_submission)
-
-    meta: dict[str, Any] = {"task_name": task_name, "task_metric": metric_key}
-    if hf_token:
-        meta["hf_token"] = hf_token
-    out = write_zip(output, {
-        PATCH_FILE: evaluation_patch(files, dest or f"lm_eval/tasks/{task_name}"),
-        METADATA_YAML: yaml.safe_dump(meta, sort_keys=False),
-        CODABENCH_METADATA: "description: e2lmc task submission\n",
-    })
-    with tempfile.TemporaryDirectory(prefix="e2lmc-check-") as tmp:
-        load_submission(out, Path(tmp))
-    return out
-
-
 EXAMPLES = {"mmlu_var.zip": "the MMLU-var baseline, official format (patch + hub dataset)",
             f"{MY_TASK}.zip": "a task folder with local data (notebook 4's task, real mode)"}
 
@@ -514,7 +450,7 @@ def write_example_submissions(out_dir: str | Path) -> list[Path]:
     import tempfile
 
     from e2lmc import baseline
-    from e2lmc.ingestion.submission import make_submission
+    from e2lmc.ingestion.submission import make_submission, official_submission
 
     out = Path(out_dir)
     paths = [official_submission(baseline.task_files(), baseline.TASK, baseline.METRIC,

@@ -150,6 +150,25 @@ def _first_seen(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first[order], rank[inverse.reshape(-1)]
 
 
+def _grid_layout(ck_key: np.ndarray, it_key: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """The layout `write_outcomes` makes (checkpoint by checkpoint, the same items in the
+    same order each time) read in linear time; None for any other layout."""
+    changes = np.flatnonzero(ck_key[1:] != ck_key[:-1])
+    n_items = int(changes[0]) + 1 if len(changes) else len(ck_key)
+    if len(ck_key) % n_items:
+        return None
+    blocks, items = ck_key.reshape(-1, n_items), it_key.reshape(-1, n_items)
+    starts = blocks[:, 0]
+    if not ((blocks == starts[:, None]).all() and (items == items[0]).all()
+            and len(np.unique(starts)) == len(starts)
+            and len(np.unique(items[0])) == n_items):
+        return None
+    n_ck = len(starts)
+    return (np.arange(n_ck) * n_items, np.repeat(np.arange(n_ck), n_items),
+            np.arange(n_items), np.tile(np.arange(n_items), n_ck))
+
+
 def read_outcomes(path: str | Path) -> Outcomes:
     """The matrix back from the file; checkpoints and items in the order written."""
     import pyarrow.parquet as pq
@@ -162,8 +181,9 @@ def read_outcomes(path: str | Path) -> Outcomes:
         _codes(t[name]) for name in ("model", "checkpoint", "stage", "task"))
     tokens = t["tokens_b"].to_numpy()
     doc = t["doc_id"].to_numpy().astype(np.int64)
-    ck_first, rows = _first_seen(m * (len(names) + 1) + c)
-    it_first, cols = _first_seen(k * (int(doc.max()) + 1) + doc)
+    ck_key, it_key = m * (len(names) + 1) + c, k * (int(doc.max()) + 1) + doc
+    ck_first, rows, it_first, cols = _grid_layout(ck_key, it_key) or (
+        *_first_seen(ck_key), *_first_seen(it_key))
     checkpoints = [CheckpointRef(models[m[i]], names[c[i]], stages[s[i]], float(tokens[i]))
                    for i in ck_first]
     items = [(str(tasks[k[i]]), int(doc[i])) for i in it_first]

@@ -107,6 +107,23 @@ def micro_suite(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def demo_runs(micro_suite, tmp_path_factory) -> dict:
+    """`e2lmc demo` of an example on the micro suite (`demo_runs["noisy_hard"]`): run on
+    first use, once per session, shared by the demo and analysis tests."""
+    from e2lmc.demo import run_demo
+
+    out = tmp_path_factory.mktemp("demo")
+
+    class Runs(dict):
+        def __missing__(self, name: str) -> dict:
+            self[name] = run_demo(out / name, example=name, micro=True,
+                                  suite_root=micro_suite.parent.parent, progress=False)
+            return self[name]
+
+    return Runs()
+
+
+@pytest.fixture(scope="session")
 def keyed_package(tmp_path_factory) -> Path:
     """A stand-in e2lmc package that defines LEADERBOARD_KEYS, for the bundle tests."""
     from bundle_standins import package_with_keys

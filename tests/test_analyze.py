@@ -15,6 +15,7 @@ import pytest
 
 from e2lmc.analyze import analyze
 from e2lmc.errors import UserError
+from e2lmc.ingestion.submission import official_submission
 from e2lmc.item_stats import item_stats
 from e2lmc.outcomes import OUTCOMES_FILE, CheckpointRef, Outcomes, read_outcomes, write_outcomes
 from e2lmc.results import INGESTION_JSON, RESULTS_JSONL, read_results, write_json
@@ -171,7 +172,7 @@ def test_filtered_submission_keeps_the_ids_after_the_tasks_own_process_docs(tmp_
 
     files = task_files()
     if fmt == "official":
-        sub = kit.official_submission(files, "chained", "acc,none", tmp_path / "sub.zip")
+        sub = official_submission(files, "chained", "acc,none", tmp_path / "sub.zip")
     else:
         sub = tmp_path / "sub"
         for rel, text in {**files, "metadata.yaml": "task_name: chained\n"
@@ -197,14 +198,12 @@ def test_filtered_submission_keeps_the_ids_after_the_tasks_own_process_docs(tmp_
 
 
 @pytest.fixture(scope="module")
-def noisy(micro_suite, tmp_path_factory):
+def noisy(micro_suite, demo_runs, tmp_path_factory):
     """noisy_hard through the demo on the micro suite, then analysed with its scoring.yaml."""
-    from e2lmc.demo import run_demo
     from e2lmc.suite.examples import example_dir
 
     out = tmp_path_factory.mktemp("analyze")
-    run = run_demo(out / "demo", example="noisy_hard", micro=True,
-                   suite_root=micro_suite.parent.parent, progress=False)
+    run = demo_runs["noisy_hard"]
     res = run["paths"]["ingestion_output"]
     summary = analyze(res, out / "analysis", submission=example_dir("noisy_hard"),
                       ref=micro_suite.parent)

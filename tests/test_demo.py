@@ -7,18 +7,9 @@ import math
 
 import pytest
 
-from e2lmc.demo import format_row, run_demo
+from e2lmc.demo import format_row
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def demo_runs(micro_suite, tmp_path_factory):
-    root = micro_suite.parent.parent
-    out = tmp_path_factory.mktemp("demo")
-    return {name: run_demo(out / name, example=name, micro=True, suite_root=root,
-                           progress=False)
-            for name in ("science_cloze", "web_commonsense", "noisy_hard")}
 
 
 def test_demo_writes_the_report_and_a_finite_row(demo_runs, micro_suite):

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from e2lmc import baseline, kit
+from e2lmc.ingestion import submission
 from e2lmc.errors import UserError
 from e2lmc.manifest import load_manifest
 
@@ -196,7 +197,7 @@ def test_evaluation_patch_applies_with_git_and_ingestion(tmp_path):
     from e2lmc.ingestion.patch import task_files
 
     files = {"a.yaml": "task: a\n", "sub_utils.py": "x = 1\ny = 2\n", "raw": "no newline"}
-    text = kit.evaluation_patch(files, "lm_eval/tasks/demo")
+    text = submission.evaluation_patch(files, "lm_eval/tasks/demo")
     assert {k.split("/", 1)[1]: v for k, v in task_files(text).items()} == files
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -210,12 +211,20 @@ def test_evaluation_patch_applies_with_git_and_ingestion(tmp_path):
 def test_official_submission_is_reproducible_and_loads(tmp_path):
     from e2lmc.ingestion.submission import load_submission
 
-    a = kit.official_submission(baseline.task_files(), "mmlu_var", "acc,none", tmp_path / "a.zip")
-    b = kit.official_submission(baseline.task_files(), "mmlu_var", "acc,none", tmp_path / "b.zip")
+    files = baseline.task_files()
+    a = submission.official_submission(files, "mmlu_var", "acc,none", tmp_path / "a.zip")
+    b = submission.official_submission(files, "mmlu_var", "acc,none", tmp_path / "b.zip")
     assert a.read_bytes() == b.read_bytes()
     sub = load_submission(a, tmp_path / "work")
     assert (sub.format, sub.task_name, sub.metric) == ("official", "mmlu_var", "acc,none")
     assert len(sub.files) == 59
+
+
+def test_official_submission_that_fails_its_check_leaves_no_zip(tmp_path):
+    with pytest.raises(UserError, match="task_metric"):
+        submission.official_submission(baseline.task_files(), "mmlu_var", "acc none",
+                                       tmp_path / "bad.zip")
+    assert list(tmp_path.iterdir()) == []
 
 
 def _contents(path: Path) -> dict[str, bytes]:
@@ -248,7 +257,7 @@ def test_my_task_is_within_the_size_limits(tmp_path):
 
 
 def test_show_zip_hides_the_token(tmp_path):
-    path = kit.write_zip(tmp_path / "s.zip", {"metadata.yaml": yaml.safe_dump(
+    path = submission.write_zip(tmp_path / "s.zip", {"metadata.yaml": yaml.safe_dump(
         {"task_name": "t", "task_metric": "acc,none", "hf_token": "hf_secret"})})
     shown = kit.show_zip(path)
     assert "hf_secret" not in shown and "***" in shown

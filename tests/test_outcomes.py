@@ -54,3 +54,17 @@ def test_empty_file(tmp_path):
     write_outcomes(tmp_path / "e.parquet", empty)
     r = read_outcomes(tmp_path / "e.parquet")
     assert r.checkpoints == [] and r.value.size == 0
+
+
+def test_any_row_order_reads_the_same(tmp_path):
+    """Another writer's layout (item by item, shuffled) reads back to the same matrix."""
+    o = sample()
+    write_outcomes(tmp_path / "o.parquet", o)
+    table = pq.read_table(tmp_path / "o.parquet")
+    pq.write_table(table.take(np.random.default_rng(0).permutation(table.num_rows)),
+                   tmp_path / "shuffled.parquet")
+    r = read_outcomes(tmp_path / "shuffled.parquet")
+    assert sorted(r.items) == sorted(o.items) and set(r.keys) == set(o.keys)
+    rows = [o.keys.index(k) for k in r.keys]
+    cols = [o.items.index(it) for it in r.items]
+    assert np.array_equal(r.value, o.value[np.ix_(rows, cols)], equal_nan=True)

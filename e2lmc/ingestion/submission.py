@@ -1,4 +1,5 @@
-"""Submission formats: the official patch format and the task-folder format.
+"""Submission formats, read (as the ingestion does) and written (by participants' tools):
+the official patch format and the task-folder format.
 
 Official: `evaluation.patch` (git diff against lm-eval adding a task under
 `lm_eval/tasks/`) + `metadata.yaml` (`task_name`, `task_metric`, `hf_token`).
@@ -161,8 +162,6 @@ def make_submission(task_dir: Path, task_name: str, metric: str, output: Path,
     meta = {"task_name": task_name, "task_metric": metric}
     if hf_token:
         meta["hf_token"] = hf_token
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="e2lmc-submission-") as tmp:
         stage = Path(tmp) / "stage"
         unpack.copy_folder(task_dir, stage)
@@ -171,13 +170,72 @@ def make_submission(task_dir: Path, task_name: str, metric: str, output: Path,
         (stage / METADATA_YAML).write_text(yaml.safe_dump(meta, sort_keys=False))
         (stage / CODABENCH_METADATA).write_text("description: e2lmc task submission\n")
         load_submission(stage, Path(tmp) / "check")  # same checks as the ingestion
-        part = output.with_name(output.name + ".part")
-        with zipfile.ZipFile(part, "w", zipfile.ZIP_DEFLATED) as zf:
-            for p in sorted(stage.rglob("*")):
-                if p.is_file():
-                    zf.write(p, p.relative_to(stage).as_posix())
-        part.replace(output)
-    return output
+        return write_zip(output, {p.relative_to(stage).as_posix(): p.read_bytes()
+                                  for p in stage.rglob("*") if p.is_file()})
+
+
+# --------------------------------------------------------------------------- writing
+def git_blob_id(data: bytes) -> str:
+    """The id git gives a file's contents (a patch's `index` line)."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def evaluation_patch(files: dict[str, str], dest: str) -> str:
+    """A `git diff` that adds `files` under `dest` (e.g. lm_eval/tasks/mmlu_var): the
+    official submission's `evaluation.patch`, applicable with `git apply`."""
+    out = []
+    for name, text in sorted(files.items()):
+        path = f"{dest.strip('/')}/{name}"
+        lines = text.splitlines()
+        out += [f"diff --git a/{path} b/{path}", "new file mode 100644",
+                f"index 0000000..{git_blob_id(text.encode())[:7]}", "--- /dev/null",
+                f"+++ b/{path}", f"@@ -0,0 +1{',' + str(len(lines)) if len(lines) != 1 else ''} @@"]
+        out += ["+" + line for line in lines]
+        if text and not text.endswith("\n"):
+            out.append("\\ No newline at end of file")
+    return "\n".join(out) + "\n"
+
+
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+
+
+def write_zip(path: str | Path, files: dict[str, bytes | str]) -> Path:
+    """A reproducible zip (sorted entries, fixed timestamps), written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name in sorted(files):
+            data = files[name]
+            info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, data.encode() if isinstance(data, str) else data)
+    tmp.replace(path)
+    return path
+
+
+def official_submission(files: dict[str, str], task_name: str, metric_key: str,
+                        output: str | Path, dest: str | None = None,
+                        hf_token: str | None = None) -> Path:
+    """The organizers' format: `evaluation.patch` adding the task folder under
+    `lm_eval/tasks/` + `metadata.yaml` (task to run, results key, optional HF token), checked
+    as the ingestion reads it. (`e2lmc make-submission` writes the task-folder format.)"""
+    meta: dict[str, Any] = {"task_name": task_name, "task_metric": metric_key}
+    if hf_token:
+        meta["hf_token"] = hf_token
+    out = write_zip(output, {
+        PATCH_FILE: evaluation_patch(files, dest or f"lm_eval/tasks/{task_name}"),
+        METADATA_YAML: yaml.safe_dump(meta, sort_keys=False),
+        CODABENCH_METADATA: "description: e2lmc task submission\n",
+    })
+    try:
+        with tempfile.TemporaryDirectory(prefix="e2lmc-check-") as tmp:
+            load_submission(out, Path(tmp))
+    except UserError:
+        out.unlink()  # nothing half-right is left behind
+        raise
+    return out
 
 
 def cli_make_submission(args) -> int:
