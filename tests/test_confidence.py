@@ -9,8 +9,9 @@ from test_scoring_program import make_res
 
 from e2lmc.cli import main
 from e2lmc.outcomes import CheckpointRef, Outcomes
-from e2lmc.scoring.confidence import (KEYS, NO_OUTCOMES, NOT_A_MEAN, NOT_COVERED, bootstrap,
-                                      interval, reflect, replicate_curves, resample_counts)
+from e2lmc.scoring.confidence import (KEYS, NO_OUTCOMES, NOT_A_MEAN, NOT_COVERED,
+                                      SWITCHED_OFF, bootstrap, interval, reflect,
+                                      replicate_curves, resample_counts)
 from e2lmc.scoring.config import CheckpointFilter, ModelSelector, SQConfig
 from e2lmc.scoring.curves import Curve, Point
 from e2lmc.scoring.program import score
@@ -131,6 +132,23 @@ def test_scoring_program_says_why_there_is_no_interval(tmp_path):
     details = json.loads((tmp_path / "out/scores_details.json").read_text())
     assert details["confidence"] == {"available": False, "reason": NO_OUTCOMES}
     assert f"Interval {NO_OUTCOMES}." in (tmp_path / "out/detailed_results.html").read_text()
+
+
+def test_scoring_yaml_sets_the_bootstrap(tmp_path):
+    """`confidence` in scoring.yaml: replicates, seed and level are the organizers'; 0
+    replicates switches the intervals off, with the reason."""
+    res, _ = make_res(tmp_path, outcomes=True)
+    ref = tmp_path / "ref/scoring.yaml"
+    base = ref.read_text()
+    for name, extra in (("few", "confidence: {replicates: 200, seed: 7, level: 0.9}\n"),
+                        ("off", "confidence: {replicates: 0}\n")):
+        ref.write_text(base + extra)
+        score(res, tmp_path / "ref", tmp_path / name)
+    few = json.loads((tmp_path / "few/scores_details.json").read_text())["confidence"]
+    assert (few["replicates"], few["seed"], few["level"]) == (200, 7, 0.9)
+    assert len(few["replicate_scores"]["score"]) == 200
+    off = json.loads((tmp_path / "off/scores_details.json").read_text())["confidence"]
+    assert off == {"available": False, "reason": SWITCHED_OFF}
 
 
 def test_prob_higher_counts_pairs_and_ties():

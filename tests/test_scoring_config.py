@@ -34,6 +34,8 @@ def test_model_list_shorthand(tmp_path):
     ("judge: {mode: maybe}", "judge.mode"),
     ("judge: {samples: many}", "judge.samples"),
     ("weights: {signal_quality: -1}", "weights"),
+    ("confidence: {level: 0.2}", "confidence"),
+    ("confidence: {replicates: -5}", "confidence"),
     ("sq: [", "not valid YAML"),
 ])
 def test_errors_name_the_file(tmp_path, text, needle):

@@ -30,17 +30,17 @@ from typing import Any
 import numpy as np
 
 from e2lmc.outcomes import Outcomes
-from e2lmc.scoring.config import ScoringConfig
+from e2lmc.scoring.config import ConfidenceConfig, ScoringConfig
 from e2lmc.scoring.curves import Curve, Point
 
-REPLICATES = 1000
-SEED = 0
-LEVEL = 0.95
+REPLICATES, SEED, LEVEL = (getattr(ConfidenceConfig, k) for k in ("replicates", "seed",
+                                                                  "level"))
 DIGITS = 4  # replicates are kept rounded: enough to compare submissions
 KEYS = ("score", "signal_quality", "ranking_consistency", "scientific_compliance")
 NO_OUTCOMES = "not available: the ingestion output has no per-document outcomes"
 NOT_A_MEAN = "not available: the metric is not a mean over documents"
 NOT_COVERED = "not available: the per-document outcomes miss an evaluated checkpoint"
+SWITCHED_OFF = "not available: switched off in scoring.yaml (confidence.replicates: 0)"
 _CHUNK = 256  # replicates per matrix product: about 30 MB at 15,000 documents
 
 ScoreOf = Callable[[dict[str, Curve]], Mapping[str, float]]
@@ -107,6 +107,8 @@ def bootstrap(curves: dict[str, Curve], outcomes: Outcomes | None, score_of: Sco
               level: float = LEVEL) -> dict[str, Any]:
     """Intervals of the KEYS that `score_of` (the leaderboard formula, verdicts fixed)
     returns, SQ, RC and CS in [0, 1] and the score in [0, score_max]; JSON-ready."""
+    if replicates == 0:
+        return unavailable(SWITCHED_OFF)
     if outcomes is None:
         return unavailable(NO_OUTCOMES)
     observed = _observed(curves)

@@ -99,6 +99,15 @@ class LeakageConfig:
 
 
 @dataclass
+class ConfidenceConfig:
+    """The bootstrap over documents behind each score's interval (docs/scoring.md)."""
+
+    replicates: int = 1000  # 0 switches the intervals off
+    seed: int = 0
+    level: float = 0.95
+
+
+@dataclass
 class ScoringConfig:
     weights: Weights = field(default_factory=Weights)
     sq: SQConfig = field(default_factory=SQConfig)
@@ -106,6 +115,7 @@ class ScoringConfig:
     cs: CSConfig = field(default_factory=CSConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     leakage: LeakageConfig = field(default_factory=LeakageConfig)
+    confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)
     path: Path | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -178,6 +188,10 @@ def parse_config(doc: Any, path: Path) -> ScoringConfig:
             raise UserError(f"{path}: `{name}.mode` is {mode!r}; use one of {sorted(GATE_MODES)}")
     if cfg.sq.short_curve not in ("lag1", "zero"):
         raise UserError(f"{path}: `sq.short_curve` must be lag1 or zero")
+    c = cfg.confidence
+    if not (0 <= c.replicates <= 100_000 and 0.5 <= c.level < 1):
+        raise UserError(f"{path}: `confidence` needs 0 <= replicates <= 100000 (0: no "
+                        f"intervals) and 0.5 <= level < 1; got {c.replicates} and {c.level}")
     w = cfg.weights
     if min(w.signal_quality, w.ranking_consistency, w.scientific_compliance) < 0:
         raise UserError(f"{path}: weights must be >= 0")

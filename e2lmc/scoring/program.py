@@ -98,8 +98,10 @@ def compute_scores(curves: dict[str, Curve], cfg: ScoringConfig, gates: list[Gat
 def _confidence(curves: dict[str, Curve], outcomes: Outcomes | None, cfg: ScoringConfig,
                 gates: list[GateResult]) -> dict[str, Any]:
     """Intervals from resampling documents; the gates' verdicts stay as measured."""
+    boot = cfg.confidence
     return bootstrap(curves, outcomes, lambda c: compute_scores(c, cfg, gates)[0],
-                     score_max=weighted_score(1.0, 1.0, 1.0, cfg.weights))
+                     score_max=weighted_score(1.0, 1.0, 1.0, cfg.weights),
+                     replicates=boot.replicates, seed=boot.seed, level=boot.level)
 
 
 def score(res: str | Path, ref: str | Path, output: str | Path) -> dict[str, float]:
