@@ -401,7 +401,6 @@ def _policy(cfg: dict[str, Any]) -> sandbox.Policy:
     return sandbox.Policy(read=cfg["read"], write=cfg["write"], hide=cfg.get("hide", []),
                           allow_network=bool(cfg.get("allow_network")),
                           namespaces=bool(lim.get("namespaces", True)),
-                          switch_user=bool(lim.get("drop_privileges", True)),
                           root_reason=str(lim.get("root_reason", "")), limits=lim)
 
 

@@ -26,12 +26,11 @@ class OutcomeTable:
                       for d, _ in docs]
         self._requests = [reqs for docs in prepared.doc_requests.values() for _, reqs in docs]
         rendered = {(it.task, it.doc_id): it for it in prepared.items}
-        self._gold: list[int | None] = []
-        for task, d in self.items:
+        self._gold: list[int | None] = []  # the gold choice where a margin applies
+        for (task, d), reqs in zip(self.items, self._requests):
             it = rendered.get((task, d))
-            mc = prepared.task_types.get(task) == "multiple_choice"
-            fits = (mc and it is not None and it.gold_index is not None and it.choices
-                    and len(it.choices) == len(self._requests[len(self._gold)]))
+            fits = (prepared.task_types.get(task) == "multiple_choice" and it is not None
+                    and it.gold_index is not None and len(it.choices or ()) == len(reqs))
             self._gold.append(it.gold_index if fits else None)
         self._rows: dict[str, tuple[CheckpointRef, np.ndarray, np.ndarray]] = {}
 

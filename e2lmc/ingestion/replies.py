@@ -195,8 +195,7 @@ def per_item(raw: Any, listed: dict[str, list]) -> dict[str, list[float]] | None
             and all(isinstance(raw[t], list) and len(raw[t]) == len(d)
                     for t, d in listed.items())):
         return None
-    return {task: [float(v) if isinstance(v, (int, float)) and not isinstance(v, bool)
-                   and math.isfinite(v) and abs(v) < 1e12 else math.nan for v in raw[task]]
+    return {task: [math.nan if (x := _number(v)) is None else x for v in raw[task]]
             for task in listed}
 
 
@@ -216,12 +215,7 @@ def metrics(raw: Any, declared: list[str]) -> dict[str, float | None]:
     """One checkpoint's metric values, only under the keys declared at preparation."""
     if not isinstance(raw, dict):
         raise ProtocolError("malformed metrics from the task process")
-    out: dict[str, float | None] = {}
-    for key in declared:
-        v = raw.get(key)
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        out[key] = float(v) if ok and abs(v) < 1e12 else None
-    return out
+    return {key: _number(raw.get(key)) for key in declared}
 
 
 def items(raw: Any, documents: dict[str, list], max_chars: int,
@@ -246,6 +240,12 @@ def items(raw: Any, documents: dict[str, list], max_chars: int,
                 clean_text(str(c), secrets, max_chars, newlines=True) for c in choices],
             gold_index=gold_index if _is_int(gold_index) else None))
     return out
+
+
+def _number(v: Any) -> float | None:
+    """A finite number of sane size sent as a number (never a string or a bool), else None."""
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return float(v) if ok and abs(v) < 1e12 else None
 
 
 def _is_int(v: Any) -> bool:

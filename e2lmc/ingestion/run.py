@@ -202,13 +202,13 @@ def grid_identity(manifest: Manifest) -> dict[str, str]:
             for c in manifest.checkpoints}
 
 
-def _resume_rows(output: Path, key: bytes, context: dict[str, Any], engine: str,
+def _resume_rows(output: Path, prior: dict[str, Any] | None, key: bytes,
+                 context: dict[str, Any], engine: str,
                  grid: dict[str, str]) -> dict[str, R.ResultRow]:
     """Finished rows of an earlier run of the same submission on the same checkpoints,
     kept only where the signing key proves that this runner wrote them (the earlier
     ingestion.json and each row); otherwise start clean. A planted or edited file is
-    therefore scored again, never resumed."""
-    prior = R.read_signed_json(output / R.INGESTION_JSON, key)
+    therefore scored again, never resumed. `prior`: the earlier ingestion.json, signed."""
     same = (prior is not None and isinstance(prior.get("submission"), dict)
             and R.signing_context(prior["submission"]) == context
             and (prior.get("engine") or {}).get("name") == engine)
@@ -229,11 +229,10 @@ def _resume_rows(output: Path, key: bytes, context: dict[str, Any], engine: str,
     return rows
 
 
-def _resume_outcomes(output: Path, key: bytes, table: OutcomeTable,
+def _resume_outcomes(output: Path, prior: dict[str, Any] | None, table: OutcomeTable,
                      rows: dict[str, R.ResultRow]) -> None:
     """The per-item rows of the resumed checkpoints, when the earlier run signed its file
     (a run killed without SIGTERM wrote none: those checkpoints keep no per-item rows)."""
-    prior = R.read_signed_json(output / R.INGESTION_JSON, key)
     if rows and prior is not None:
         try:
             table.keep(R.read_verified_outcomes(output, prior), rows)
@@ -327,9 +326,10 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
             f"({checked['output_type']}), prepared in {doc['timings']['prepare_s']:.1f} s")
 
         doc["grid"] = grid_identity(manifest)
-        done = _resume_rows(output, key, context, engine, doc["grid"])
+        prior = R.read_signed_json(output / R.INGESTION_JSON, key)
+        done = _resume_rows(output, prior, key, context, engine, doc["grid"])
         table = OutcomeTable(prepared)
-        _resume_outcomes(output, key, table, done)
+        _resume_outcomes(output, prior, table, done)
         rows, items = dict(done), prepared.items
         doc["status"], doc["error"] = "partial", "ingestion in progress (or interrupted)"
         R.write_ingestion(output, doc, key)  # a killed run resumes from this and the rows
@@ -407,8 +407,7 @@ def ingest(submission: Path, input_data: Path, output: Path, engine: str | None 
         if items is not None:
             R.write_jsonl(output / R.ITEMS_JSONL, items)
         if table is not None and rows is not None:
-            write_outcomes(output / OUTCOMES_FILE, table.outcomes(
-                c for c in manifest.checkpoints if c.key in rows))
+            write_outcomes(output / OUTCOMES_FILE, table.outcomes(manifest.checkpoints))
         R.write_ingestion(output, doc, key)
     if doc["status"] != "ok":
         log(f"ingest: {doc['status']}: {doc['error']}")

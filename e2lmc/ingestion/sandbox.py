@@ -69,8 +69,7 @@ class Policy:
     hide: list[str] = field(default_factory=list)  # masked where mount namespaces exist
     allow_network: bool = False
     namespaces: bool = True
-    switch_user: bool = True
-    root_reason: str = ""  # why the runner keeps the task process root, when it does
+    root_reason: str = ""  # why the runner keeps the task process root; "" = switch to nobody
     limits: dict[str, Any] = field(default_factory=dict)
 
 
@@ -179,8 +178,8 @@ def _become_pid_namespace_init() -> None:
 def _switch_user(policy: Policy) -> str:
     if os.geteuid() != 0:
         return "unprivileged (not root)"
-    if not policy.switch_user:
-        return f"root ({policy.root_reason or 'the runner keeps it root'})"
+    if policy.root_reason:
+        return f"root ({policy.root_reason})"
     try:
         os.setgroups([])
         os.setgid(NOBODY)

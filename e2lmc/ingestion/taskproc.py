@@ -274,8 +274,7 @@ class TaskProcess:
                "hide": self._hideable(home), "read": self._readable(),
                "write": [str(home.resolve()), "/dev/null"],
                "doc_bounds": [validate.MIN_DOCS, validate.MAX_DOCS],
-               "limits": {**asdict(self.limits), "drop_privileges": drop,
-                          "root_reason": root_reason or ""}}
+               "limits": {**asdict(self.limits), "root_reason": root_reason or ""}}
         wire.send(self._out, cfg)
         first = self._recv(self.limits.prepare_timeout, "confining the task process")
         isolation = first.get("isolation")
